@@ -1,0 +1,107 @@
+"""msgpack encoding of commands and events, strict on the way in.
+
+msgpack integers stop at 64 bits, but amounts go up to ``AMOUNT_MAX`` (2**127 - 1). An
+integer outside the signed/unsigned 64-bit range is written as msgpack extension type
+``BIG_INT_EXT`` holding its two's-complement big-endian bytes. Records that hold no such
+integer (nearly all) take msgspec's typed fast path both ways; the others take an exact
+slower path. Decoding never coerces: a float, a string or a bool where an int belongs,
+an unknown tag or truncated bytes raise ``DecodeError`` naming where the record was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from ledger.commands import Command
+from ledger.events import BalanceEvent
+from matching.events import EngineOutput
+
+BIG_INT_EXT = 1
+# 16 bytes hold every signed value up to 2**127 - 1; a longer payload is corrupt.
+BIG_INT_BYTES_MAX = 16
+
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+T = TypeVar("T")
+
+
+class DecodeError(ValueError):
+    """A record could not be decoded. ``where`` names the log and offset."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+def _big_ints_to_ext(obj: Any) -> Any:
+    if type(obj) is int:
+        if _INT64_MIN <= obj <= _UINT64_MAX:
+            return obj
+        size = (obj.bit_length() + 8) // 8
+        return msgspec.msgpack.Ext(BIG_INT_EXT, obj.to_bytes(size, "big", signed=True))
+    if type(obj) is list:
+        return [_big_ints_to_ext(item) for item in obj]
+    return obj
+
+
+def _ext_to_int(code: int, data: memoryview) -> int:
+    if code != BIG_INT_EXT:
+        raise ValueError(f"unknown msgpack extension type {code}")
+    if not 0 < len(data) <= BIG_INT_BYTES_MAX:
+        raise ValueError(f"big integer of {len(data)} bytes (at most {BIG_INT_BYTES_MAX})")
+    return int.from_bytes(data, "big", signed=True)
+
+
+class Codec(Generic[T]):
+    """Encoder and strict decoder for one record union (commands, events, outputs)."""
+
+    def __init__(self, union: Any, name: str) -> None:
+        self.union = union
+        self.name = name
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(union)
+        self._list_decoder = msgspec.msgpack.Decoder(list[union])  # type: ignore[valid-type]
+
+    def encode(self, record: T) -> bytes:
+        """Encode one record to msgpack bytes."""
+        try:
+            return self._encoder.encode(record)
+        except OverflowError:
+            return self._encoder.encode(_big_ints_to_ext(msgspec.to_builtins(record)))
+
+    def decode(self, data: bytes | memoryview, where: str = "record") -> T:
+        """Decode one record; raise ``DecodeError`` (naming ``where``) if it is not one."""
+        try:
+            return self._decoder.decode(data)  # type: ignore[no-any-return]
+        except msgspec.ValidationError as error:
+            if "got `ext`" in str(error):
+                return self._decode_big(data, where)
+            raise DecodeError(where, f"not a valid {self.name}: {error}") from None
+        except msgspec.DecodeError as error:
+            raise DecodeError(where, f"malformed {self.name} bytes: {error}") from None
+
+    def _decode_big(self, data: bytes | memoryview, where: str) -> T:
+        try:
+            raw = msgspec.msgpack.decode(data, ext_hook=_ext_to_int)
+            return msgspec.convert(raw, self.union, strict=True)  # type: ignore[no-any-return]
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
+            raise DecodeError(where, f"not a valid {self.name}: {error}") from None
+
+
+COMMANDS: Codec[Command] = Codec(Command, "command")
+EVENTS: Codec[BalanceEvent] = Codec(BalanceEvent, "balance event")
+OUTPUTS: Codec[EngineOutput] = Codec(EngineOutput, "engine output")
+
+
+def encode_event(event: BalanceEvent) -> bytes:
+    """Encode a UBSCore event."""
+    return EVENTS.encode(event)
+
+
+def decode_event(data: bytes | memoryview, where: str = "record") -> BalanceEvent:
+    """Decode a UBSCore event strictly."""
+    return EVENTS.decode(data, where)

@@ -1,0 +1,219 @@
+"""UBSCore's events (the balance.events stream): immutable, sequenced facts.
+
+Every event carries its stream's ``seq`` (1, 2, 3, ... with no holes), the balances after
+the change, and the input it came from: ``input_offset`` (the command's offset in
+balance.operations) or ``symbol`` + ``engine_seq`` (the engine output it settles). A
+restarted UBSCore rebuilds its state from these events alone and resumes its inputs
+just after the positions they name.
+
+Schema evolution: fields are only ever appended, each new one with a default, so a record
+written before the field existed still decodes (see ``SCHEMA_VERSION``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+
+from ledger.commands import Command, OrderType, SelfTrade, Side, TimeInForce
+from ledger.market import Asset, Symbol
+
+# Bumped whenever a field is appended to any record type. Readers accept every version
+# up to their own; records carry no per-record version because trailing defaults make
+# older records decode unchanged.
+SCHEMA_VERSION = 1
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Event(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
+    pass
+
+
+class AssetListed(_Event):
+    """An asset became known; its index is the order of listing."""
+
+    seq: int
+    input_offset: int
+    request_id: int
+    asset: Asset
+
+
+class SymbolListed(_Event):
+    """A symbol opened for trading."""
+
+    seq: int
+    input_offset: int
+    request_id: int
+    symbol: Symbol
+
+
+class Deposited(_Event):
+    """``amount`` credited; ``available`` is the user's available balance after it."""
+
+    seq: int
+    input_offset: int
+    user: int
+    request_id: int
+    asset: str
+    amount: Positive
+    available: NonNegative
+    ts_ms: int = 0
+
+
+class Withdrawn(_Event):
+    """``amount`` debited from available; ``available`` is the balance after it."""
+
+    seq: int
+    input_offset: int
+    user: int
+    request_id: int
+    asset: str
+    amount: Positive
+    available: NonNegative
+    ts_ms: int = 0
+
+
+class OrderAccepted(_Event):
+    """Funds are locked and the order goes to the matching engine.
+
+    ``lock_amount`` of ``lock_asset`` moved from available to locked; ``available`` and
+    ``locked`` are that asset's balances after the move.
+    """
+
+    seq: int
+    input_offset: int
+    user: int
+    request_id: int
+    order_id: int
+    symbol: str
+    side: Side
+    order_type: OrderType
+    tif: TimeInForce
+    stp: SelfTrade
+    qty: Positive
+    price: NonNegative
+    quote_budget: NonNegative
+    lock_asset: str
+    lock_amount: Positive
+    available: NonNegative
+    locked: NonNegative
+    ts_ms: int = 0
+
+
+class CancelRequested(_Event):
+    """The user asked to cancel; the engine decides (the order may already be filled)."""
+
+    seq: int
+    input_offset: int
+    user: int
+    request_id: int
+    order_id: int
+    symbol: str
+    ts_ms: int = 0
+
+
+class Rejected(_Event):
+    """A command refused, with the command itself for the audit trail.
+
+    For a retried request (``DUPLICATE_REQUEST``) ``original_seq`` and ``original_reason``
+    give the outcome of the first attempt (reason 0 means it was accepted).
+    """
+
+    seq: int
+    input_offset: int
+    reason: int
+    command: Command
+    original_seq: int = 0
+    original_reason: int = 0
+
+
+class TradeSettled(_Event):
+    """A trade from the engine, settled for both users.
+
+    The buyer spends ``quote_amount`` of locked quote and receives ``base_amount`` minus
+    its fee; the seller spends ``base_amount`` of locked base and receives
+    ``quote_amount`` minus its fee. ``taker_refund`` is the quote a buying limit taker had
+    locked above the trade price, returned to available at once. Balances are after the
+    trade; the fee account's are its available balances of base and quote.
+    """
+
+    seq: int
+    symbol: str
+    engine_seq: int
+    trade_id: int
+    price: Positive
+    qty: Positive
+    maker_side: Side
+    base_amount: Positive
+    quote_amount: Positive
+    maker_user: int
+    maker_order_id: int
+    maker_fee: NonNegative
+    taker_user: int
+    taker_order_id: int
+    taker_fee: NonNegative
+    taker_refund: NonNegative
+    maker_base_available: NonNegative
+    maker_base_locked: NonNegative
+    maker_quote_available: NonNegative
+    maker_quote_locked: NonNegative
+    taker_base_available: NonNegative
+    taker_base_locked: NonNegative
+    taker_quote_available: NonNegative
+    taker_quote_locked: NonNegative
+    fee_base_available: NonNegative
+    fee_quote_available: NonNegative
+    maker_done: bool
+    taker_done: bool
+
+
+class FundsUnlocked(_Event):
+    """An order ended; what it still had locked returns to available.
+
+    ``amount`` may be 0 (the order ended with nothing left locked); the event still
+    closes the order. ``reason`` is the engine output's tag code (see ``UNLOCK_*``).
+    """
+
+    seq: int
+    symbol: str
+    engine_seq: int
+    user: int
+    order_id: int
+    asset: str
+    amount: NonNegative
+    available: NonNegative
+    locked: NonNegative
+    reason: int
+
+
+# Why an order's funds were unlocked.
+UNLOCK_FILLED = 0
+UNLOCK_CANCELLED = 1
+UNLOCK_EXPIRED = 2
+UNLOCK_REJECTED = 3
+
+BalanceEvent = Union[
+    AssetListed,
+    SymbolListed,
+    Deposited,
+    Withdrawn,
+    OrderAccepted,
+    CancelRequested,
+    Rejected,
+    TradeSettled,
+    FundsUnlocked,
+]
+BALANCE_EVENT_TYPES: tuple[type, ...] = (
+    AssetListed,
+    SymbolListed,
+    Deposited,
+    Withdrawn,
+    OrderAccepted,
+    CancelRequested,
+    Rejected,
+    TradeSettled,
+    FundsUnlocked,
+)
