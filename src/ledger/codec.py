@@ -19,8 +19,10 @@ from ledger.events import BalanceEvent
 from matching.events import EngineOutput
 
 BIG_INT_EXT = 1
-# 16 bytes hold every signed value up to 2**127 - 1; a longer payload is corrupt.
-BIG_INT_BYTES_MAX = 16
+# Valid amounts need at most 16 bytes (2**127 - 1). Commands may carry larger, invalid
+# amounts that UBSCore must reject and record, so the wire allows up to 32 bytes; the
+# encoder refuses anything longer rather than write a record no reader accepts.
+BIG_INT_BYTES_MAX = 32
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
@@ -42,6 +44,8 @@ def _big_ints_to_ext(obj: Any) -> Any:
         if _INT64_MIN <= obj <= _UINT64_MAX:
             return obj
         size = (obj.bit_length() + 8) // 8
+        if size > BIG_INT_BYTES_MAX:
+            raise ValueError(f"integer of {size} bytes cannot be encoded (at most {BIG_INT_BYTES_MAX})")
         return msgspec.msgpack.Ext(BIG_INT_EXT, obj.to_bytes(size, "big", signed=True))
     if type(obj) is list:
         return [_big_ints_to_ext(item) for item in obj]

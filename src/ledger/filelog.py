@@ -285,8 +285,15 @@ class FileLog:
         end = self.end_offset()
         if offset < 0 or offset > end:
             raise LogError(f"{self.name}: offset {offset} outside 0..{end}")
-        if offset == end or max_records <= 0:
-            return ReadBatch([], [], offset)
+        values: list[bytes] = []
+        at = offset
+        while at < end and len(values) < max_records:
+            values.extend(self._read_segment(at, max_records - len(values)))
+            at = offset + len(values)
+        return ReadBatch(list(range(offset, at)), values, at)
+
+    def _read_segment(self, offset: int, max_records: int) -> list[bytes]:
+        """Records from ``offset`` to at most the end of the segment holding it."""
         which = bisect.bisect_right(self._bases, offset) - 1
         segment = self._segments[which]
         if segment.index is None:
@@ -332,7 +339,7 @@ class FileLog:
                     values.append(payload)
                 current += 1
                 at = stop
-        return ReadBatch(list(range(offset, offset + len(values))), values, offset + len(values))
+        return values
 
     def close(self) -> None:
         """Close files and release the writer's lock."""

@@ -1,0 +1,169 @@
+"""Test support: a deliberately naive matcher and a driver for UBSCore property tests.
+
+The naive matcher is not the product's engine: it exists so UBSCore's settlement can be
+tested on its own, with outputs that are valid (trades at the maker's price, within the
+taker's limit and budget, each order ending exactly once) but produced by the simplest
+code possible. It ignores the taker's own orders instead of applying self-trade
+prevention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.commands import Command, OrderType, Side, TimeInForce
+from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.reasons import Reason
+from ledger.ubscore import UBSCore
+from matching.events import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+
+
+class NaiveMatcher:
+    """All symbols, open orders in one list each, scanned linearly."""
+
+    def __init__(self) -> None:
+        self.symbols: dict[str, Any] = {}
+        self.book: dict[str, list[list[Any]]] = {}  # symbol -> [[order_id, user, side, price, qty]]
+        self.seq: dict[str, int] = {}
+
+    def _out(self, symbol: str, kind: type, *fields: Any) -> EngineOutput:
+        self.seq[symbol] = self.seq.get(symbol, 0) + 1
+        return kind(self.seq[symbol], symbol, *fields)  # type: ignore[no-any-return]
+
+    def handle(self, event: BalanceEvent) -> list[EngineOutput]:
+        if type(event) is SymbolListed:
+            self.symbols[event.symbol.name] = event.symbol
+            self.book[event.symbol.name] = []
+            return []
+        if type(event) is CancelRequested:
+            book = self.book[event.symbol]
+            for row in book:
+                if row[0] == event.order_id:
+                    book.remove(row)
+                    return [
+                        self._out(
+                            event.symbol, OrderCancelled, event.seq, row[0], row[1], row[4],
+                            int(Reason.CANCELLED_BY_USER),
+                        )
+                    ]
+            return [self._out(event.symbol, OrderRejected, event.seq, event.order_id, event.user,
+                              int(Reason.UNKNOWN_ORDER))]
+        if type(event) is not OrderAccepted:
+            return []
+        return self._place(event)
+
+    def _place(self, o: OrderAccepted) -> list[EngineOutput]:
+        symbol = self.symbols[o.symbol]
+        book = self.book[o.symbol]
+        buy = o.side == Side.BUY
+        market = o.order_type == OrderType.MARKET
+
+        def crosses(row: list[Any]) -> bool:
+            if row[2] == o.side or row[1] == o.user:
+                return False
+            return market or (row[3] <= o.price if buy else row[3] >= o.price)
+
+        makers = sorted(
+            (r for r in book if crosses(r)),
+            key=lambda r: (r[3] if buy else -r[3], book.index(r)),
+        )
+        if o.tif == TimeInForce.POST_ONLY and makers:
+            return [self._out(o.symbol, OrderRejected, o.seq, o.order_id, o.user,
+                              int(Reason.POST_ONLY_WOULD_TAKE))]
+        qty, budget = o.qty, o.quote_budget
+        fills: list[tuple[list[Any], int]] = []
+        for row in makers:
+            if qty == 0:
+                break
+            take = min(qty, row[4])
+            if market and buy:
+                take = min(take, budget // (row[3] * symbol.tick))
+                if take == 0:
+                    break
+                budget -= take * row[3] * symbol.tick
+            fills.append((row, take))
+            qty -= take
+        if o.tif == TimeInForce.FOK and qty > 0:
+            return [self._out(o.symbol, OrderExpired, o.seq, o.order_id, o.user, o.qty,
+                              int(Reason.FOK_NOT_FILLABLE))]
+        outputs: list[EngineOutput] = []
+        remaining = o.qty
+        for row, take in fills:
+            row[4] -= take
+            remaining -= take
+            if row[4] == 0:
+                book.remove(row)
+            outputs.append(
+                self._out(
+                    o.symbol, Trade, o.seq, self.seq.get(o.symbol, 0) + 1, row[3], take, Side(row[2]),
+                    row[1], row[0], o.user, o.order_id, 0 if market else o.price, row[4] == 0,
+                    remaining == 0,
+                )
+            )
+        if remaining > 0:
+            if o.tif in (TimeInForce.GTC, TimeInForce.POST_ONLY) and not market:
+                book.append([o.order_id, o.user, o.side, o.price, remaining])
+                outputs.append(self._out(o.symbol, OrderRested, o.seq, o.order_id, o.user, o.side,
+                                         o.price, remaining))
+            else:
+                outputs.append(self._out(o.symbol, OrderExpired, o.seq, o.order_id, o.user, remaining,
+                                         int(Reason.IOC_REMAINDER)))
+        return outputs
+
+
+def run_exchange(commands: list[Command]) -> tuple[UBSCore, list[BalanceEvent]]:
+    """Run commands through UBSCore and the naive matcher until both are quiet."""
+    core = UBSCore()
+    matcher = NaiveMatcher()
+    events: list[BalanceEvent] = []
+    for offset, command in enumerate(commands):
+        pending = core.execute(command, offset)
+        while pending:
+            event = pending.pop(0)
+            events.append(event)
+            for output in matcher.handle(event):
+                pending.extend(core.settle(output))
+    return core, events
+
+
+def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
+    """A long, valid-heavy random stream (deterministic for a seed) for soak-style tests."""
+    import random
+
+    from ledger.commands import CancelOrder, Deposit, PlaceOrder, Withdraw
+    from ledger.strategies import DEFAULT_MARKET, listing_commands
+
+    rng = random.Random(seed)
+    commands: list[Command] = listing_commands(DEFAULT_MARKET)
+    symbols = sorted(DEFAULT_MARKET.symbols)
+    assets = sorted(DEFAULT_MARKET.assets)
+    request_id = 0
+    placed = 0
+    for user in range(1, users + 1):
+        for asset in assets:
+            request_id += 1
+            commands.append(Deposit(user, request_id, asset, 10**13))
+    for _ in range(count):
+        request_id += 1
+        user = rng.randint(1, users)
+        roll = rng.random()
+        if roll < 0.05:
+            commands.append(Deposit(user, request_id, rng.choice(assets), rng.randint(1, 10**10)))
+        elif roll < 0.08:
+            commands.append(Withdraw(user, request_id, rng.choice(assets), rng.randint(1, 10**10)))
+        elif roll < 0.25 and placed:
+            # Order ids are the seq of the OrderAccepted; aim near recent ones.
+            commands.append(CancelOrder(user, request_id, rng.randint(1, len(commands) * 3)))
+        elif roll < 0.30:
+            commands.append(
+                PlaceOrder(user, request_id, rng.choice(symbols), Side(rng.randint(0, 1)), rng.randint(1, 50),
+                           order_type=OrderType.MARKET, tif=TimeInForce.IOC,
+                           quote_budget=rng.randint(10**5, 10**8) if rng.random() < 0.5 else 0)
+            )
+        else:
+            placed += 1
+            commands.append(
+                PlaceOrder(user, request_id, rng.choice(symbols), Side(rng.randint(0, 1)), rng.randint(1, 50),
+                           rng.randint(95, 105), tif=TimeInForce(rng.choice([0, 0, 0, 1, 2, 3])))
+            )
+    return commands
