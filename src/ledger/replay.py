@@ -99,8 +99,8 @@ def replay_summary(
     snapshot: bytes | None = None,
     until: int | None = None,
     progress: bool | None = None,
-) -> ReplaySummary:
-    """Replay ``log`` and summarize it (what ``ledger replay`` prints)."""
+) -> tuple[ReplaySummary, UBSCore]:
+    """Replay ``log``; return its summary (what ``ledger replay`` prints) and the reducer."""
     started = time.perf_counter()
     core, count = _replay(log, None, snapshot, until, progress)
     seconds = time.perf_counter() - started
@@ -114,7 +114,7 @@ def replay_summary(
             "deposited": state.deposited[index],
             "withdrawn": state.withdrawn[index],
         }
-    return ReplaySummary(
+    summary = ReplaySummary(
         log=log.name,
         events=count,
         first_seq=state.seq - count + 1 if count else state.seq,
@@ -125,3 +125,4 @@ def replay_summary(
         seconds=round(seconds, 6),
         events_per_second=round(count / seconds, 1) if seconds > 0 else 0.0,
     )
+    return summary, core

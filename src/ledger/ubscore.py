@@ -19,6 +19,7 @@ still holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -146,6 +147,7 @@ class State:
         "withdrawn",
         "last_input_offset",
         "last_engine_seq",
+        "width",
     )
 
     def __init__(self, shard: int = 0, request_window: int = REQUEST_WINDOW_DEFAULT) -> None:
@@ -169,6 +171,8 @@ class State:
         self.withdrawn: list[int] = []
         self.last_input_offset = -1
         self.last_engine_seq: dict[str, int] = {}
+        # Length of a full account list: 2 * number of assets.
+        self.width = 0
 
     # -- reads -------------------------------------------------------------------------
 
@@ -679,7 +683,9 @@ def decide(state: State, item: Input, input_offset: int = -1) -> list[BalanceEve
 
 def _account_for(state: State, user: int) -> list[int]:
     account = state.accounts.get(user)
-    width = 2 * len(state.assets)
+    width = state.width
+    if account is not None and len(account) == width:
+        return account
     if account is None:
         account = state.accounts[user] = [0] * width
     elif len(account) < width:
@@ -773,6 +779,7 @@ def _evolve_asset_listed(state: State, e: AssetListed) -> None:
         raise _mismatch(e, f"asset {e.asset.code} listed twice")
     state.asset_index[e.asset.code] = len(state.assets)
     state.assets.append(e.asset)
+    state.width = 2 * len(state.assets)
     state.deposited.append(0)
     state.withdrawn.append(0)
     state.last_input_offset = e.input_offset
@@ -803,7 +810,7 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
     ):
         raise _mismatch(e, "amounts or fees differ from the symbol's definition")
     _apply_trade(
-        lambda user: _account_for(state, user), info, e, base_amount, quote_amount, maker_fee, taker_fee, refund
+        functools.partial(_account_for, state), info, e, base_amount, quote_amount, maker_fee, taker_fee, refund
     )
     b, q = 2 * info.base_index, 2 * info.quote_index
     mk, tk = state.accounts[e.maker_user], state.accounts[e.taker_user]
@@ -948,6 +955,7 @@ def restore(data: bytes) -> State:
         for code, decimals in body["assets"]:
             state.asset_index[code] = len(state.assets)
             state.assets.append(Asset(code, decimals))
+        state.width = 2 * len(state.assets)
         for name, base, quote, lot, tick, maker, taker in body["symbols"]:
             symbol = Symbol(name, base, quote, lot, tick, maker, taker)
             state.symbols[name] = _SymbolInfo(symbol, state.asset_index[base], state.asset_index[quote])
@@ -1020,9 +1028,9 @@ class UBSCore:
     def apply(self, event: BalanceEvent) -> None:
         """Replay one event (evolve), keeping the engine cursor in step."""
         evolve(self.state, event)
-        engine_seq = getattr(event, "engine_seq", None)
-        if engine_seq is not None:
-            self.engine_cursor[event.symbol] = engine_seq  # type: ignore[union-attr]
+        kind = type(event)
+        if kind is TradeSettled or kind is FundsUnlocked:
+            self.engine_cursor[event.symbol] = event.engine_seq  # type: ignore[union-attr]
 
     def apply_all(self, events: Iterable[BalanceEvent]) -> None:
         """Replay many events."""
