@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from hypothesis import given
 
-from ledger import AMOUNT_MAX, EVENTS, OUTPUTS, Deposited, DecodeError
+from ledger import AMOUNT_MAX, EVENTS, OUTPUTS, DecodeError, Deposited
 from ledger.codec import COMMANDS
 from ledger.events import BALANCE_EVENT_TYPES
 from ledger.strategies import commands, engine_outputs, events

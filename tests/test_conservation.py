@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from hypothesis import given
-from support import run_exchange, seeded_commands
 
 from ledger.events import FundsUnlocked, OrderAccepted, TradeSettled
 from ledger.strategies import command_streams
+from support import run_exchange, seeded_commands
 
 
 def assert_conserved(core) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import run_exchange, seeded_commands
 
 from ledger import EVENTS, FileLog, FsyncPolicy, MemoryLog, SnapshotError, UBSCore, replay
 from ledger.strategies import command_streams
+from support import run_exchange, seeded_commands
 
 
 def write_log(log, events) -> None:

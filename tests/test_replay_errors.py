@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from support import run_exchange, seeded_commands
 
 from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError, replay
 from ledger.events import Deposited
+from support import run_exchange, seeded_commands
 
 
 @pytest.fixture(scope="module")
