@@ -19,7 +19,6 @@ still holds.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -809,12 +808,22 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         e.taker_refund,
     ):
         raise _mismatch(e, "amounts or fees differ from the symbol's definition")
-    _apply_trade(
-        functools.partial(_account_for, state), info, e, base_amount, quote_amount, maker_fee, taker_fee, refund
-    )
+    # The same moves as _apply_trade, inlined: this is the hottest path of a replay.
     b, q = 2 * info.base_index, 2 * info.quote_index
-    mk, tk = state.accounts[e.maker_user], state.accounts[e.taker_user]
-    fee = state.accounts[FEE_ACCOUNT_USER]
+    mk = _account_for(state, e.maker_user)
+    tk = _account_for(state, e.taker_user)
+    fee = _account_for(state, FEE_ACCOUNT_USER)
+    if e.maker_side == _BUY:
+        buyer, seller, buyer_fee, seller_fee = mk, tk, maker_fee, taker_fee
+    else:
+        buyer, seller, buyer_fee, seller_fee = tk, mk, taker_fee, maker_fee
+    buyer[q + 1] -= quote_amount + refund
+    buyer[q] += refund
+    buyer[b] += base_amount - buyer_fee
+    seller[b + 1] -= base_amount
+    seller[q] += quote_amount - seller_fee
+    fee[b] += buyer_fee
+    fee[q] += seller_fee
     if (
         mk[b] != e.maker_base_available
         or mk[b + 1] != e.maker_base_locked
