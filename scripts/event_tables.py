@@ -1,6 +1,7 @@
-"""Print the field tables of every command, event and engine output as Markdown.
+"""Field tables of every command, event and engine output, as Markdown.
 
-    python scripts/event_tables.py > /tmp/tables.md
+    python scripts/event_tables.py                          # print them
+    python scripts/event_tables.py --update docs/events.md  # rewrite the tables in place
 
 docs/events.md embeds these tables; tests/test_docs.py fails if a field is missing there.
 """
@@ -33,7 +34,27 @@ def table(kind: type) -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":
+def update(path: str) -> None:
+    """Replace each ``### Name`` section's table in ``path`` with a fresh one."""
+    import re
+    from pathlib import Path
+
+    text = Path(path).read_text()
     for group in (COMMAND_TYPES, BALANCE_EVENT_TYPES, ENGINE_OUTPUT_TYPES):
         for kind in group:
-            print(table(kind))
+            pattern = re.compile(rf"^### {kind.__name__}\n\n(\|.*\n)+", re.M)
+            if not pattern.search(text):
+                raise SystemExit(f"{path}: no section for {kind.__name__}; add '### {kind.__name__}' by hand")
+            text = pattern.sub(lambda _m, k=kind: table(k), text, count=1)
+    Path(path).write_text(text)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update(sys.argv[2])
+    else:
+        for group in (COMMAND_TYPES, BALANCE_EVENT_TYPES, ENGINE_OUTPUT_TYPES):
+            for kind in group:
+                print(table(kind))

@@ -39,13 +39,13 @@ def test_strategies_cover_every_type() -> None:
 
 
 def test_amounts_beyond_64_bits_round_trip_exactly() -> None:
-    event = Deposited(1, 0, 5, 1, "ETH", AMOUNT_MAX, AMOUNT_MAX)
+    event = Deposited(1, 0, 5, 1, "ETH", AMOUNT_MAX, AMOUNT_MAX, AMOUNT_MAX)
     assert EVENTS.decode(EVENTS.encode(event)) == event
 
 
 def test_encoder_refuses_integers_no_reader_accepts() -> None:
     with pytest.raises(ValueError, match="cannot be encoded"):
-        EVENTS.encode(Deposited(1, 0, 5, 1, "ETH", 2**300, 1))
+        EVENTS.encode(Deposited(1, 0, 5, 1, "ETH", 2**300, 1, 0))
 
 
 def raw(*fields: object) -> bytes:
@@ -55,16 +55,16 @@ def raw(*fields: object) -> bytes:
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (raw("Deposited", 1, 0, 5, 1, "BTC", 1.5, 2), "got `float`"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", "10", 2), "got `str`"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", True, 2), "got `bool`"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", -10, 2), ">= 1"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", 0, 2), ">= 1"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", 1.5, 2, 0), "got `float`"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", "10", 2, 0), "got `str`"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", True, 2, 0), "got `bool`"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", -10, 2, 0), ">= 1"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", 0, 2, 0), ">= 1"),
         (raw("Minted", 1, 2, 3), "Invalid value 'Minted'"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", 10, 2)[:-3], "truncated"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", 10, 2, 0)[:-3], "truncated"),
         (b"\xc1", "malformed"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", msgspec.msgpack.Ext(1, b"\x01" * 33), 2), "at most 32"),
-        (raw("Deposited", 1, 0, 5, 1, "BTC", msgspec.msgpack.Ext(9, b"\x01"), 2), "extension type 9"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", msgspec.msgpack.Ext(1, b"\x01" * 33), 2, 0), "at most 32"),
+        (raw("Deposited", 1, 0, 5, 1, "BTC", msgspec.msgpack.Ext(9, b"\x01"), 2, 0), "extension type 9"),
     ],
 )
 def test_bad_bytes_fail_naming_where(data: bytes, says: str) -> None:
@@ -88,5 +88,5 @@ def test_an_old_event_decodes_after_a_field_is_appended() -> None:
     old = msgspec.msgpack.encode(Note(3, "hello"))
     assert msgspec.msgpack.decode(old, type=NoteV2) == NoteV2(3, "hello", 0)
     # And the real events follow that rule: Deposited's ts_ms is a trailing default.
-    without_ts = raw("Deposited", 1, 0, 5, 1, "BTC", 10, 10)
-    assert EVENTS.decode(without_ts) == Deposited(1, 0, 5, 1, "BTC", 10, 10, 0)
+    without_ts = raw("Deposited", 1, 0, 5, 1, "BTC", 10, 10, 0)
+    assert EVENTS.decode(without_ts) == Deposited(1, 0, 5, 1, "BTC", 10, 10, 0, 0)

@@ -51,7 +51,8 @@ class SymbolListed(_Event):
 
 
 class Deposited(_Event):
-    """``amount`` credited; ``available`` is the user's available balance after it."""
+    """``amount`` credited to available; ``available`` and ``locked`` are the user's
+    balances of ``asset`` after it."""
 
     seq: int
     input_offset: int
@@ -60,11 +61,13 @@ class Deposited(_Event):
     asset: str
     amount: Positive
     available: NonNegative
+    locked: NonNegative
     ts_ms: int = 0
 
 
 class Withdrawn(_Event):
-    """``amount`` debited from available; ``available`` is the balance after it."""
+    """``amount`` debited from available; ``available`` and ``locked`` are the user's
+    balances of ``asset`` after it."""
 
     seq: int
     input_offset: int
@@ -73,6 +76,7 @@ class Withdrawn(_Event):
     asset: str
     amount: Positive
     available: NonNegative
+    locked: NonNegative
     ts_ms: int = 0
 
 

@@ -296,12 +296,11 @@ def _decide_deposit(state: State, c: Deposit, offset: int) -> list[BalanceEvent]
         return _reject(state, offset, Reason.UNKNOWN_ASSET, c)
     if not _is_amount(c.amount):
         return _reject(state, offset, Reason.INVALID_AMOUNT, c)
-    available = _available(state, c.user, index)[0] + c.amount
+    available, locked = _available(state, c.user, index)
+    available += c.amount
     if available > AMOUNT_MAX:
         return _reject(state, offset, Reason.BALANCE_OVERFLOW, c)
-    return [
-        Deposited(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available, c.ts_ms)
-    ]
+    return [Deposited(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available, locked, c.ts_ms)]
 
 
 def _decide_withdraw(state: State, c: Withdraw, offset: int) -> list[BalanceEvent]:
@@ -310,12 +309,12 @@ def _decide_withdraw(state: State, c: Withdraw, offset: int) -> list[BalanceEven
         return _reject(state, offset, Reason.UNKNOWN_ASSET, c)
     if not _is_amount(c.amount):
         return _reject(state, offset, Reason.INVALID_AMOUNT, c)
-    available = _available(state, c.user, index)[0]
+    available, locked = _available(state, c.user, index)
     if available < c.amount:
         return _reject(state, offset, Reason.INSUFFICIENT_FUNDS, c)
     return [
         Withdrawn(
-            state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available - c.amount, c.ts_ms
+            state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available - c.amount, locked, c.ts_ms
         )
     ]
 
@@ -709,8 +708,8 @@ def _evolve_deposited(state: State, e: Deposited) -> None:
     if index is None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
     account = _account_for(state, e.user)
-    if account[2 * index] + e.amount != e.available:
-        raise _mismatch(e, f"available {e.available} != {account[2 * index]} + {e.amount}")
+    if account[2 * index] + e.amount != e.available or account[2 * index + 1] != e.locked:
+        raise _mismatch(e, f"balances after ({e.available}, {e.locked}) do not follow from the state")
     account[2 * index] = e.available
     state.deposited[index] += e.amount
     state.last_input_offset = e.input_offset
@@ -722,8 +721,8 @@ def _evolve_withdrawn(state: State, e: Withdrawn) -> None:
     if index is None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
     account = _account_for(state, e.user)
-    if account[2 * index] - e.amount != e.available:
-        raise _mismatch(e, f"available {e.available} != {account[2 * index]} - {e.amount}")
+    if account[2 * index] - e.amount != e.available or account[2 * index + 1] != e.locked:
+        raise _mismatch(e, f"balances after ({e.available}, {e.locked}) do not follow from the state")
     account[2 * index] = e.available
     state.withdrawn[index] += e.amount
     state.last_input_offset = e.input_offset

@@ -1,0 +1,258 @@
+"""The log interface over Apache Kafka (confluent-kafka): one topic partition is one log.
+
+* Appends use an idempotent producer (``acks=all``, ``enable.idempotence``), so a retried
+  send is never written twice; with ``transactional_id`` each append is one Kafka
+  transaction, so a batch is visible to ``read_committed`` readers whole or not at all.
+* Reads use ``assign()`` (no consumer group membership, nothing committed) with
+  ``isolation.level=read_committed``. Offsets can have holes (transaction markers), so a
+  read reports ``next_offset`` from the consumer's position, not last offset + 1.
+* ``end_offset()`` is the partition's high watermark as a read_committed consumer sees it.
+* If the partition's first offset is no longer 0 (retention or deletion removed the
+  start), ``read`` from an earlier offset raises ``LogError`` rather than silently
+  starting later.
+
+confluent-kafka is imported only here, so ``import ledger`` does not load it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ledger.limits import READ_RECORDS_MAX
+from ledger.log import LogError, ReadBatch
+
+# Topic settings for event topics: nothing is ever deleted by time or size, and no
+# compaction (it would leave holes an auditor cannot explain).
+EVENT_TOPIC_CONFIG = {
+    "cleanup.policy": "delete",
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+}
+# How long one network operation may take before it is an error naming the log.
+KAFKA_TIMEOUT_S = 30.0
+# Polls of an empty partition before a read that should have found records gives up.
+READ_EMPTY_POLLS_MAX = 50
+POLL_TIMEOUT_S = 0.2
+
+
+def _kafka() -> Any:
+    import confluent_kafka
+
+    return confluent_kafka
+
+
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int = 1, replication_factor: int = 1, config: dict[str, str] | None = None
+) -> bool:
+    """Create ``topic`` with the event-topic settings if it does not exist.
+
+    Returns True if it was created. The partition count is explicit: the library never
+    relies on a broker default.
+    """
+    kafka = _kafka()
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    settings = dict(EVENT_TOPIC_CONFIG)
+    settings.update(config or {})
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor, config=settings)],
+        operation_timeout=KAFKA_TIMEOUT_S,
+    )
+    try:
+        futures[topic].result(timeout=KAFKA_TIMEOUT_S)
+        return True
+    except kafka.KafkaException as error:
+        if error.args[0].code() == kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise LogError(f"kafka {bootstrap} topic {topic}: cannot create: {error}") from None
+
+
+class KafkaLog:
+    """One partition of a Kafka topic as a ``Log``.
+
+    ``transactional_id`` makes every ``append`` a transaction (and fences an older
+    producer with the same id: the newest writer wins, the zombie's appends fail).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partition: int = 0,
+        *,
+        transactional_id: str | None = None,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partition = partition
+        self.name = f"kafka {topic}[{partition}]"
+        self.transactional_id = transactional_id
+        self._producer_config = producer_config or {}
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._consumer_position = -1
+
+    # -- writing ----------------------------------------------------------------------
+
+    def producer(self) -> Any:
+        """The underlying confluent_kafka Producer (created on first use)."""
+        if self._producer is None:
+            kafka = _kafka()
+            config = {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
+            }
+            if self.transactional_id:
+                config["transactional.id"] = self.transactional_id
+            config.update(self._producer_config)
+            self._producer = kafka.Producer(config)
+            if self.transactional_id:
+                try:
+                    self._producer.init_transactions(KAFKA_TIMEOUT_S)
+                except kafka.KafkaException as error:
+                    raise LogError(f"{self.name}: cannot initialise transactions: {error}") from None
+        return self._producer
+
+    def append(self, records: Sequence[bytes]) -> int:
+        """Append ``records`` (one transaction if transactional); return the first offset."""
+        if not records:
+            return self.end_offset()
+        kafka = _kafka()
+        producer = self.producer()
+        offsets: list[int] = []
+        errors: list[str] = []
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                offsets.append(message.offset())
+
+        try:
+            if self.transactional_id:
+                producer.begin_transaction()
+            for record in records:
+                producer.produce(self.topic, value=record, partition=self.partition, on_delivery=delivered)
+                producer.poll(0)
+            if self.transactional_id:
+                producer.commit_transaction(KAFKA_TIMEOUT_S)
+            else:
+                remaining = producer.flush(KAFKA_TIMEOUT_S)
+                if remaining:
+                    raise LogError(f"{self.name}: {remaining} records not acknowledged in {KAFKA_TIMEOUT_S} s")
+            producer.flush(KAFKA_TIMEOUT_S)
+        except kafka.KafkaException as error:
+            if self.transactional_id:
+                try:
+                    producer.abort_transaction(KAFKA_TIMEOUT_S)
+                except kafka.KafkaException:
+                    pass
+            raise LogError(f"{self.name}: append failed (nothing of this batch is committed): {error}") from None
+        if errors or len(offsets) != len(records):
+            raise LogError(f"{self.name}: append failed: {errors or 'missing delivery reports'}")
+        return min(offsets)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _consumer_for(self, offset: int) -> Any:
+        kafka = _kafka()
+        if self._consumer is None:
+            self._consumer = kafka.Consumer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    # A group id is required by the client, but nothing is ever committed
+                    # and partitions are assigned by hand: there is no group membership.
+                    "group.id": f"ledger-reader-{self.topic}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "isolation.level": "read_committed",
+                    "auto.offset.reset": "error",
+                    "fetch.max.bytes": 64 * 1024 * 1024,
+                }
+            )
+        if self._consumer_position != offset:
+            self._consumer.assign([kafka.TopicPartition(self.topic, self.partition, offset)])
+            self._consumer_position = offset
+        return self._consumer
+
+    def watermarks(self) -> tuple[int, int]:
+        """(first offset still stored, end offset) of the partition."""
+        kafka = _kafka()
+        consumer = self._consumer_for(max(self._consumer_position, 0))
+        try:
+            return tuple(  # type: ignore[return-value]
+                consumer.get_watermark_offsets(
+                    kafka.TopicPartition(self.topic, self.partition), timeout=KAFKA_TIMEOUT_S, cached=False
+                )
+            )
+        except kafka.KafkaException as error:
+            raise LogError(f"{self.name}: cannot read watermarks: {error}") from None
+
+    def end_offset(self) -> int:
+        """The offset after the last record (the high watermark)."""
+        return self.watermarks()[1]
+
+    def read(self, offset: int, max_records: int = READ_RECORDS_MAX) -> ReadBatch:
+        """Up to ``max_records`` committed records from ``offset``."""
+        kafka = _kafka()
+        low, high = self.watermarks()
+        if offset < low:
+            raise LogError(
+                f"{self.name}: records before offset {low} have been deleted; cannot read from {offset}"
+            )
+        if offset >= high or max_records <= 0:
+            return ReadBatch([], [], offset)
+        consumer = self._consumer_for(offset)
+        offsets: list[int] = []
+        values: list[bytes] = []
+        empty_polls = 0
+        while len(values) < max_records:
+            messages = consumer.consume(min(max_records - len(values), 10_000), POLL_TIMEOUT_S)
+            if not messages:
+                position = self._position(consumer)
+                if position >= high or values:
+                    break
+                empty_polls += 1
+                if empty_polls >= READ_EMPTY_POLLS_MAX:
+                    raise LogError(
+                        f"{self.name}: no records from offset {offset} (end {high}) after "
+                        f"{empty_polls * POLL_TIMEOUT_S:.0f} s: an open transaction or a broker problem"
+                    )
+                continue
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == kafka.KafkaError._PARTITION_EOF:
+                        continue
+                    raise LogError(f"{self.name} offset {message.offset()}: {error}")
+                offsets.append(message.offset())
+                values.append(message.value())
+            if self._position(consumer) >= high:
+                break
+        next_offset = self._position(consumer)
+        if offsets and next_offset <= offsets[-1]:
+            next_offset = offsets[-1] + 1
+        self._consumer_position = next_offset
+        return ReadBatch(offsets, values, next_offset)
+
+    def _position(self, consumer: Any) -> int:
+        kafka = _kafka()
+        (tp,) = consumer.position([kafka.TopicPartition(self.topic, self.partition)])
+        return int(tp.offset) if tp.offset >= 0 else self._consumer_position
+
+    def close(self) -> None:
+        """Flush the producer and close the consumer."""
+        if self._producer is not None:
+            self._producer.flush(KAFKA_TIMEOUT_S)
+            self._producer = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+            self._consumer_position = -1
