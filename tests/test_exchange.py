@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_conservation import assert_conserved
 
 from ledger import (
     Asset,
@@ -21,12 +20,12 @@ from ledger import (
     Side,
     Symbol,
     TradeSettled,
-    UBSCore,
 )
 from ledger.demo import Workload
 from ledger.exchange import Exchange, verify
 from ledger.reasons import Reason
 from matching.events import OrderCancelled
+from test_conservation import assert_conserved
 
 BTC = 10**8  # satoshi per BTC
 USDT = 10**6  # minor units per USDT

@@ -52,7 +52,7 @@ class _Command(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False)
     pass
 
 
-class Deposit(_Command):
+class Deposit(_Command, frozen=True):
     """Credit ``amount`` minor units of ``asset`` to ``user``'s available balance."""
 
     user: int
@@ -62,7 +62,7 @@ class Deposit(_Command):
     ts_ms: int = 0
 
 
-class Withdraw(_Command):
+class Withdraw(_Command, frozen=True):
     """Debit ``amount`` from ``user``'s available balance (never from locked funds)."""
 
     user: int
@@ -72,7 +72,7 @@ class Withdraw(_Command):
     ts_ms: int = 0
 
 
-class PlaceOrder(_Command):
+class PlaceOrder(_Command, frozen=True):
     """Place an order of ``qty`` lots. A limit order has ``price`` in ticks; a market buy
     has a ``quote_budget`` in quote minor units, which is what UBSCore locks for it."""
 
@@ -89,7 +89,7 @@ class PlaceOrder(_Command):
     ts_ms: int = 0
 
 
-class CancelOrder(_Command):
+class CancelOrder(_Command, frozen=True):
     """Ask to cancel ``order_id``; funds are released when the engine confirms."""
 
     user: int
@@ -98,7 +98,7 @@ class CancelOrder(_Command):
     ts_ms: int = 0
 
 
-class ListAsset(_Command):
+class ListAsset(_Command, frozen=True):
     """Operator command: make an asset known. Recorded in the log so replay needs
     nothing but the log."""
 
@@ -107,7 +107,7 @@ class ListAsset(_Command):
     ts_ms: int = 0
 
 
-class ListSymbol(_Command):
+class ListSymbol(_Command, frozen=True):
     """Operator command: open a symbol for trading."""
 
     request_id: int

@@ -89,9 +89,8 @@ class Workload:
     def setup(self) -> list[Command]:
         commands: list[Command] = [ListAsset(self._next_id(), asset) for asset in ASSETS]
         for name, base, lot, tick, _mid in self.symbols:
-            commands.append(
-                ListSymbol(self._next_id(), Symbol(name, base, "USDT", lot, tick, maker_fee_ppm=500, taker_fee_ppm=1_000))
-            )
+            symbol = Symbol(name, base, "USDT", lot, tick, maker_fee_ppm=500, taker_fee_ppm=1_000)
+            commands.append(ListSymbol(self._next_id(), symbol))
         for user in range(1, self.users + 1):
             commands.append(Deposit(user, self._next_id(), "USDT", 10**12))
             for _name, base, lot, _tick, _mid in self.symbols:

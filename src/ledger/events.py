@@ -32,7 +32,7 @@ class _Event(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
     pass
 
 
-class AssetListed(_Event):
+class AssetListed(_Event, frozen=True):
     """An asset became known; its index is the order of listing."""
 
     seq: int
@@ -41,7 +41,7 @@ class AssetListed(_Event):
     asset: Asset
 
 
-class SymbolListed(_Event):
+class SymbolListed(_Event, frozen=True):
     """A symbol opened for trading."""
 
     seq: int
@@ -50,7 +50,7 @@ class SymbolListed(_Event):
     symbol: Symbol
 
 
-class Deposited(_Event):
+class Deposited(_Event, frozen=True):
     """``amount`` credited to available; ``available`` and ``locked`` are the user's
     balances of ``asset`` after it."""
 
@@ -65,7 +65,7 @@ class Deposited(_Event):
     ts_ms: int = 0
 
 
-class Withdrawn(_Event):
+class Withdrawn(_Event, frozen=True):
     """``amount`` debited from available; ``available`` and ``locked`` are the user's
     balances of ``asset`` after it."""
 
@@ -80,7 +80,7 @@ class Withdrawn(_Event):
     ts_ms: int = 0
 
 
-class OrderAccepted(_Event):
+class OrderAccepted(_Event, frozen=True):
     """Funds are locked and the order goes to the matching engine.
 
     ``lock_amount`` of ``lock_asset`` moved from available to locked; ``available`` and
@@ -107,7 +107,7 @@ class OrderAccepted(_Event):
     ts_ms: int = 0
 
 
-class CancelRequested(_Event):
+class CancelRequested(_Event, frozen=True):
     """The user asked to cancel; the engine decides (the order may already be filled)."""
 
     seq: int
@@ -119,7 +119,7 @@ class CancelRequested(_Event):
     ts_ms: int = 0
 
 
-class Rejected(_Event):
+class Rejected(_Event, frozen=True):
     """A command refused, with the command itself for the audit trail.
 
     For a retried request (``DUPLICATE_REQUEST``) ``original_seq`` and ``original_reason``
@@ -134,7 +134,7 @@ class Rejected(_Event):
     original_reason: int = 0
 
 
-class TradeSettled(_Event):
+class TradeSettled(_Event, frozen=True):
     """A trade from the engine, settled for both users.
 
     The buyer spends ``quote_amount`` of locked quote and receives ``base_amount`` minus
@@ -174,7 +174,7 @@ class TradeSettled(_Event):
     taker_done: bool
 
 
-class FundsUnlocked(_Event):
+class FundsUnlocked(_Event, frozen=True):
     """An order ended; what it still had locked returns to available.
 
     ``amount`` may be 0 (the order ended with nothing left locked); the event still

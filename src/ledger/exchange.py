@@ -58,12 +58,12 @@ class Exchange:
             while pending:
                 event = pending.popleft()
                 produced.append(event)
-                kind = type(event)
-                if kind is OrderAccepted or kind is CancelRequested:
-                    symbol = event.symbol  # type: ignore[union-attr]
+                symbol: str
+                if isinstance(event, (OrderAccepted, CancelRequested)):
+                    symbol = event.symbol
                     engine = engines[symbol]
-                elif kind is SymbolListed:
-                    symbol = event.symbol.name  # type: ignore[union-attr]
+                elif isinstance(event, SymbolListed):
+                    symbol = event.symbol.name
                     engine = engines[symbol] = MatchingEngine(symbol)
                     self.outputs[symbol] = self.output_log(symbol)
                 else:

@@ -31,6 +31,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ledger.events import SCHEMA_VERSION
 from ledger.limits import INDEX_STRIDE_RECORDS, READ_RECORDS_MAX, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX
@@ -95,7 +96,7 @@ class FileLog:
         self.segment_bytes_max = segment_bytes_max
         self.recovered: str = ""
         self._lock_fd = -1
-        self._out = None
+        self._out: BinaryIO | None = None
         if readonly:
             if not self.path.is_dir():
                 raise LogError(f"{self.name}: no such directory")
@@ -236,12 +237,13 @@ class FileLog:
         if segment.count > 0 and segment.size + len(buffer) > self.segment_bytes_max:
             self._new_segment(segment.base + segment.count)
             segment = self._segments[-1]
-        if self._out is None:
-            self._out = open(segment.path, "ab", buffering=0)  # noqa: SIM115
+        out = self._out
+        if out is None:
+            out = self._out = open(segment.path, "ab", buffering=0)  # noqa: SIM115  # type: ignore[assignment]
         first = segment.base + segment.count
-        self._out.write(buffer)
+        out.write(buffer)
         if self.fsync is FsyncPolicy.ALWAYS:
-            os.fsync(self._out.fileno())
+            os.fsync(out.fileno())
         assert segment.index is not None
         position = segment.size
         for record in records:

@@ -16,6 +16,7 @@ confluent-kafka is imported only here, so ``import ledger`` does not load it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,10 +151,8 @@ class KafkaLog:
             producer.flush(KAFKA_TIMEOUT_S)
         except kafka.KafkaException as error:
             if self.transactional_id:
-                try:
+                with contextlib.suppress(kafka.KafkaException):
                     producer.abort_transaction(KAFKA_TIMEOUT_S)
-                except kafka.KafkaException:
-                    pass
             raise LogError(f"{self.name}: append failed (nothing of this batch is committed): {error}") from None
         if errors or len(offsets) != len(records):
             raise LogError(f"{self.name}: append failed: {errors or 'missing delivery reports'}")

@@ -232,7 +232,7 @@ def _builds_by_annotation(kind: type) -> st.SearchStrategy[Any]:
         elif annotation is str:
             fields[name] = st.sampled_from(["BTC", "USDT", "BTC-USDT", "ETH-USDT"])
         elif isinstance(annotation, type) and issubclass(annotation, int) and annotation is not int:
-            fields[name] = st.sampled_from(list(annotation))  # an IntEnum
+            fields[name] = st.sampled_from(list(annotation))  # type: ignore[call-overload]  # an IntEnum
         elif name in ("seq", "engine_seq", "input_seq", "trade_id", "order_id", "user"):
             fields[name] = st.integers(0, 2**62)
         elif "Meta(gt=0)" in repr(annotation):

@@ -221,10 +221,10 @@ def command_fingerprint(command: Command) -> tuple[Any, ...]:
         return (2, c.symbol, c.side, c.qty, c.price, c.order_type, c.tif, c.quote_budget, c.stp)
     if kind is CancelOrder:
         return (3, command.order_id)  # type: ignore[union-attr]
-    if kind is ListAsset:
-        a = command.asset  # type: ignore[union-attr]
-        return (4, a.code, a.decimals)
-    s = command.symbol  # type: ignore[union-attr]
+    if isinstance(command, ListAsset):
+        return (4, command.asset.code, command.asset.decimals)
+    assert isinstance(command, ListSymbol)
+    s = command.symbol
     return (5, s.name, s.base, s.quote, s.lot, s.tick, s.maker_fee_ppm, s.taker_fee_ppm)
 
 
@@ -1038,7 +1038,7 @@ class UBSCore:
         evolve(self.state, event)
         kind = type(event)
         if kind is TradeSettled or kind is FundsUnlocked:
-            self.engine_cursor[event.symbol] = event.engine_seq  # type: ignore[union-attr]
+            self.engine_cursor[event.symbol] = event.engine_seq  # type: ignore[union-attr,index]
 
     def apply_all(self, events: Iterable[BalanceEvent]) -> None:
         """Replay many events."""
