@@ -112,9 +112,9 @@ class MatchingEngine:
             if event.symbol != self.symbol:  # type: ignore[union-attr]
                 return []
             outputs = self._cancel(event)  # type: ignore[arg-type]
-        elif kind is SymbolListed:
-            if event.symbol.name == self.symbol:  # type: ignore[union-attr]
-                self.spec = event.symbol  # type: ignore[union-attr]
+        elif isinstance(event, SymbolListed):
+            if event.symbol.name == self.symbol:
+                self.spec = event.symbol
             return []
         else:
             return []
@@ -252,9 +252,8 @@ class MatchingEngine:
             return outputs
         if ended_by == Reason.SELF_TRADE_PREVENTED:
             self._finish(order_id)
-            outputs.append(
-                OrderCancelled(self._next(), symbol, o.seq, order_id, o.user, remaining, int(Reason.SELF_TRADE_PREVENTED))
-            )
+            reason = int(Reason.SELF_TRADE_PREVENTED)
+            outputs.append(OrderCancelled(self._next(), symbol, o.seq, order_id, o.user, remaining, reason))
         elif market or o.tif == _IOC or o.tif == _FOK:
             if not ended_by:
                 ended_by = Reason.NO_LIQUIDITY if market else Reason.IOC_REMAINDER

@@ -19,7 +19,7 @@ class _Output(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
     pass
 
 
-class OrderRested(_Output):
+class OrderRested(_Output, frozen=True):
     """The order (or its remainder) now rests on the book."""
 
     seq: int
@@ -32,7 +32,7 @@ class OrderRested(_Output):
     qty_remaining: int
 
 
-class Trade(_Output):
+class Trade(_Output, frozen=True):
     """A fill at the maker's price. ``taker_limit_price`` is 0 for a market order.
     ``maker_done``/``taker_done`` say whether that order has ended with this fill."""
 
@@ -52,7 +52,7 @@ class Trade(_Output):
     taker_done: bool
 
 
-class OrderCancelled(_Output):
+class OrderCancelled(_Output, frozen=True):
     """The order ended by cancellation (by request or self-trade prevention)."""
 
     seq: int
@@ -64,7 +64,7 @@ class OrderCancelled(_Output):
     reason: int
 
 
-class OrderExpired(_Output):
+class OrderExpired(_Output, frozen=True):
     """The order ended unfilled or partly filled by its time in force (IOC, FOK, market)."""
 
     seq: int
@@ -76,7 +76,7 @@ class OrderExpired(_Output):
     reason: int
 
 
-class OrderRejected(_Output):
+class OrderRejected(_Output, frozen=True):
     """The engine refused an order (never matched) or a cancel of an unknown order."""
 
     seq: int
