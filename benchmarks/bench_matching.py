@@ -127,7 +127,8 @@ def run_lightmatchingengine(stream: list[tuple]) -> dict[str, Any]:
             if order.leaves_qty > 0:
                 engine.cancel_order(order.order_id, "X")
         else:
-            order, trades = engine.add_order("X", float(command[3]), command[4], LSide.BUY if command[2] else LSide.SELL)
+            side = LSide.BUY if command[2] else LSide.SELL
+            order, trades = engine.add_order("X", float(command[3]), command[4], side)
             if order.leaves_qty > 0:
                 ids[command[1]] = order.order_id
         for trade in trades:
@@ -212,7 +213,8 @@ def main() -> int:
                 problems.append(f"{name} filled {result['filled_lots']} lots, ours {results['ours']['filled_lots']}")
     lme = results.get("lightmatchingengine", {})
     if "maker_fills" in lme and lme["maker_fills"] != results["ours"]["maker_fills"]:
-        problems.append(f"lightmatchingengine made {lme['maker_fills']} maker fills, ours {results['ours']['maker_fills']}")
+        ours_fills = results["ours"]["maker_fills"]
+        problems.append(f"lightmatchingengine made {lme['maker_fills']} maker fills, ours {ours_fills}")
     ours = results["ours"]["commands_per_s"]
     for name in ("liquibook", "lightmatchingengine"):
         if "commands_per_s" in results[name]:
