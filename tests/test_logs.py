@@ -13,14 +13,23 @@ from ledger.filelog import FRAME_BYTES, HEADER_BYTES
 from ledger.log import scan
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", pytest.param("kafka", marks=pytest.mark.kafka)])
 def make_log(request, tmp_path):
+    opened = []
+
     def make():
         if request.param == "memory":
-            return MemoryLog()
-        return FileLog(tmp_path / "log", fsync=FsyncPolicy.NEVER, segment_bytes_max=4096)
+            log = MemoryLog()
+        elif request.param == "file":
+            log = FileLog(tmp_path / "log", fsync=FsyncPolicy.NEVER, segment_bytes_max=4096)
+        else:
+            log = request.getfixturevalue("kafka_log_factory")()
+        opened.append(log)
+        return log
 
-    return make
+    yield make
+    for log in opened:
+        log.close()
 
 
 def test_append_returns_first_offset_and_reads_back(make_log) -> None:

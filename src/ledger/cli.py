@@ -2,6 +2,7 @@
 
     ledger demo [--dir DIR] [--users N] [--symbols N] [--orders N] [--seed N] [--json]
     ledger replay --log DIR [--json] [--until SEQ] [--snapshot FILE] [--save-snapshot FILE]
+    ledger replay --kafka HOST:PORT --topic NAME [--partition N] [--json] ...
 
 Exit status: 0 when the replay completed and conservation holds; 1 when a check failed
 (the reason is printed); 2 for bad usage or an unreadable log.
@@ -45,21 +46,30 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ledger.filelog import FileLog
-    from ledger.log import LogError
+    from ledger.log import Log, LogError
     from ledger.replay import replay_summary
     from ledger.ubscore import LedgerError
 
-    if args.log is None:
-        print("ledger replay: --log DIR is required (Kafka replay: see docs)", file=sys.stderr)
+    if (args.log is None) == (args.kafka is None):
+        print("ledger replay: give --log DIR, or --kafka HOST:PORT --topic NAME", file=sys.stderr)
         return EXIT_USAGE
     snap = Path(args.snapshot).read_bytes() if args.snapshot else None
     try:
-        with FileLog(args.log, readonly=True) as log:
-            if log.recovered:
-                print(f"warning: {log.recovered}", file=sys.stderr)
+        if args.kafka:
+            from ledger.kafkalog import KafkaLog
+
+            log: Log = KafkaLog(args.kafka, args.topic, args.partition)
+        else:
+            file_log = FileLog(args.log, readonly=True)
+            if file_log.recovered:
+                print(f"warning: {file_log.recovered}", file=sys.stderr)
+            log = file_log
+        try:
             summary, core = replay_summary(log, snapshot=snap, until=args.until, progress=args.progress)
             if args.save_snapshot:
                 Path(args.save_snapshot).write_bytes(core.snapshot())
+        finally:
+            log.close()
     except (LogError, LedgerError, ValueError) as error:
         print(f"ledger replay: {error}", file=sys.stderr)
         return EXIT_CHECK_FAILED if isinstance(error, LedgerError) else EXIT_USAGE
@@ -123,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="rebuild UBSCore state from balance.events and summarize it")
     rp.add_argument("--log", help="directory of a file log holding balance.events")
+    rp.add_argument("--kafka", help="bootstrap servers of a Kafka cluster holding balance.events")
+    rp.add_argument("--topic", default="balance.events", help="with --kafka: the topic")
+    rp.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
     rp.add_argument("--until", type=int, help="stop after the event with this seq")
     rp.add_argument("--snapshot", help="start from this verified snapshot file")
     rp.add_argument("--save-snapshot", help="write a snapshot of the final state to this file")

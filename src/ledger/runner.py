@@ -42,6 +42,12 @@ class UBSCoreStage:
     def __init__(self, commands: Log, events: Log, snapshot: bytes | None = None) -> None:
         self.commands = commands
         self.events = events
+        fence = getattr(events, "producer", None)
+        if fence is not None:
+            # Kafka: claim the transactional id first. That fences any older instance and
+            # aborts the transaction it left open, which would otherwise hold back every
+            # read_committed read of the topic (and so this stage's own replay).
+            fence()
         self.core = replay(events, snapshot=snapshot)
         self.next_input = self.core.state.last_input_offset + 1
         self.output_end = events.end_offset()

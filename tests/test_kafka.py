@@ -1,0 +1,101 @@
+"""Kafka-specific behaviour on the real broker: transactional appends leave offset holes
+that readers step over, replay from a topic equals replay from a file, a deleted start
+is refused, and the UBSCore stage survives kill -9 exactly once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, LogError, replay
+from ledger.log import scan
+from support import run_exchange, seeded_commands
+
+pytestmark = pytest.mark.kafka
+
+
+def test_transaction_markers_leave_holes_that_reads_step_over(kafka_log_factory) -> None:
+    log = kafka_log_factory(transactional=True)
+    assert log.append([b"a", b"b"]) == 0
+    second = log.append([b"c"])
+    assert second == 3  # offset 2 holds the first transaction's commit marker
+    reader = type(log)(log.bootstrap, log.topic)
+    batch = reader.read(0)
+    assert batch.values == [b"a", b"b", b"c"] and batch.offsets == [0, 1, 3]
+    assert [v for b in scan(reader) for v in b.values] == [b"a", b"b", b"c"]
+    reader.close()
+
+
+def test_replay_from_kafka_equals_replay_from_a_file(kafka_log_factory, tmp_path) -> None:
+    core, events = run_exchange(seeded_commands(seed=4, count=3_000))
+    records = [EVENTS.encode(e) for e in events]
+    topic_log = kafka_log_factory(transactional=True)
+    for start in range(0, len(records), 500):
+        topic_log.append(records[start : start + 500])
+    with FileLog(tmp_path / "events", fsync=FsyncPolicy.NEVER) as file_log:
+        file_log.append(records)
+        file_hash = replay(file_log).state_hash()
+    reader = type(topic_log)(topic_log.bootstrap, topic_log.topic)
+    assert replay(reader).state_hash() == file_hash == core.state_hash()
+    # The command line gives the same hash.
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "replay", "--kafka", topic_log.bootstrap, "--topic", topic_log.topic,
+         "--json", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert json.loads(out.stdout)["state_hash"] == file_hash
+    reader.close()
+
+
+def test_a_topic_whose_start_was_deleted_is_refused(kafka_log_factory) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    log = kafka_log_factory()
+    log.append([b"1", b"2", b"3", b"4"])
+    admin = AdminClient({"bootstrap.servers": log.bootstrap})
+    futures = admin.delete_records([TopicPartition(log.topic, 0, 2)])
+    for future in futures.values():
+        future.result(timeout=30)
+    with pytest.raises(LogError, match="before offset 2 have been deleted"):
+        replay(log)
+
+
+def test_ubscore_stage_killed_on_kafka_loses_and_doubles_nothing(kafka_log_factory) -> None:
+    from test_crash_recovery import assert_exactly_once, uninterrupted_hash
+
+    commands = seeded_commands(seed=22, count=20_000)
+    expected_hash, expected_seq = uninterrupted_hash(commands)
+    source = kafka_log_factory()
+    for start in range(0, len(commands), 5_000):
+        source.append([COMMANDS.encode(c) for c in commands[start : start + 5_000]])
+    events_topic = source.topic + "-events"
+    from ledger.kafkalog import KafkaLog, ensure_topic
+
+    ensure_topic(source.bootstrap, events_topic)
+    argv = [sys.executable, "-m", "ledger.runner", "--kafka", source.bootstrap, "--commands-topic", source.topic,
+            "--events-topic", events_topic, "--batch", "100"]
+    rng = random.Random(99)
+    kills = 0
+    for _ in range(5):
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(1.5, 4.0))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+    final = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, "the stage finished before it could be killed; the test proved nothing"
+    reader = KafkaLog(source.bootstrap, events_topic)
+    assert_exactly_once(reader, len(commands), expected_hash, expected_seq)
+    reader.close()
