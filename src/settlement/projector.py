@@ -1,0 +1,346 @@
+"""The settlement projector: reads streams from logs, checks their sequence, writes rows.
+
+A stream is one writer's output: UBSCore's balance.events, or one symbol's
+engine.outputs. For each stream the projector keeps ``folded`` (the last seq it has
+taken in, in this process) and the store keeps ``applied`` (the stream's checkpoint: the
+last seq whose rows are written). Each record read is judged on its ``seq`` alone (log
+offsets are positions, not sequence numbers):
+
+* ``seq == folded + 1``: taken in; its rows are written if ``seq > applied``. After a
+  restart the projector reads the stream from its start and folds the events up to the
+  checkpoint without writing: that rebuilds the little state the mapping needs (each open
+  order's filled quantity) from the log alone, never from the store.
+* ``seq <= folded``: a duplicate, skipped. If its bytes differ from what was taken in
+  (within the last ``DUPLICATE_WINDOW_EVENTS``) it is a *conflict*.
+* ``seq > folded + 1``: a *gap* (a log that starts after seq 1 is one), with the exact
+  missing range. Nothing after it is written.
+* A record that does not decode, or contradicts the stream, is *malformed*.
+
+Every fault is recorded in the store's ``sequence_gaps`` (stream, expected, received,
+first seen), logged as a warning, counted in the stream's report, and then, by policy:
+``halt`` (default) stops that stream at its last contiguous seq while the other streams
+go on; ``refetch`` seeks the source back to just after the last contiguous event and
+reads again, up to ``REFETCH_TRIES_MAX`` times, then halts. A conflict or a malformed
+record halts at once (reading the same bytes again cannot help). When a gap's missing
+seqs arrive (a refetch, or a later run over a repaired log) it is marked resolved.
+
+Writes of a batch are committed before the stream's checkpoint moves past them, so a
+crash at any point re-applies at most the last batch, and every write is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from ledger.codec import EVENTS, OUTPUTS, DecodeError
+from ledger.log import Log
+from settlement.model import Projection, ProjectionError, Write
+from settlement.store import FAULT_CONFLICT, FAULT_GAP, FAULT_MALFORMED, Checkpoint, Fault, Store
+
+log = logging.getLogger("settlement")
+
+# Events read and committed together: one store commit (and one checkpoint) per batch.
+# Larger batches pipeline more writes; smaller ones re-apply less after a crash.
+PROJECT_BATCH_EVENTS = 2_000
+# Recent records remembered per stream to tell a harmless redelivery from a conflicting
+# one. About 200 bytes each, so 64 Ki of them cost about 13 MiB a stream. A duplicate
+# older than the window is counted as unverified, never applied.
+DUPLICATE_WINDOW_EVENTS = 65_536
+# Re-reads of the source after a gap under the refetch policy, and the pause before each
+# (doubling, capped): a Kafka follower or a late writer gets time to catch up.
+REFETCH_TRIES_MAX = 5
+REFETCH_BACKOFF_MS_FIRST = 50
+REFETCH_BACKOFF_MS_MAX = 2_000
+# Pause between polls of sources that had nothing new, when following.
+FOLLOW_IDLE_MS = 20
+
+HALT = "halt"
+REFETCH = "refetch"
+POLICIES = (HALT, REFETCH)
+
+BALANCE = "balance"
+ENGINE = "engine"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds; only ever fault metadata, never a key or a version."""
+    return int(time.time() * 1000)
+
+
+class Source(msgspec.Struct, frozen=True):
+    """A stream to project: its name (the key of its checkpoint), its log, and whether it
+    is a balance.events stream (``"balance"``) or a symbol's engine.outputs (``"engine"``)."""
+
+    stream: str
+    log: Any
+    kind: str
+    # For an engine stream: its symbol; an output of another symbol is malformed.
+    symbol: str = ""
+
+
+class StreamReport(msgspec.Struct):
+    """What the projector did with one stream."""
+
+    stream: str
+    applied_seq: int = 0
+    written: int = 0
+    folded_without_writing: int = 0
+    duplicates: int = 0
+    duplicates_unverified: int = 0
+    faults: int = 0
+    refetches: int = 0
+    halted: bool = False
+    fault: Fault | None = None
+
+
+class ProjectionReport(msgspec.Struct):
+    """The outcome of a run: ``ok`` is False if any stream halted on a fault."""
+
+    ok: bool
+    streams: list[StreamReport]
+    seconds: float
+
+
+class _Stream:
+    __slots__ = (
+        "source", "report", "applied", "folded", "next_offset", "end_offset", "window", "window_order",
+        "tries", "has_open_gaps", "projection",
+    )
+
+    def __init__(self, source: Source, checkpoint: Checkpoint | None, has_open_gaps: bool) -> None:
+        self.source = source
+        self.applied = checkpoint.seq if checkpoint else 0
+        self.report = StreamReport(source.stream, applied_seq=self.applied)
+        self.folded = 0
+        self.next_offset = 0
+        self.end_offset = 0
+        self.window: dict[int, bytes] = {}
+        self.window_order: deque[int] = deque()
+        self.tries = 0
+        self.has_open_gaps = has_open_gaps
+        self.projection = Projection()
+
+
+class Projector:
+    """Projects ``sources`` into ``store``.
+
+    ``policy`` is ``"halt"`` or ``"refetch"``; ``batch_events`` bounds a commit;
+    ``clock`` gives fault timestamps (metadata only).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sources: Sequence[Source],
+        policy: str = HALT,
+        batch_events: int = PROJECT_BATCH_EVENTS,
+        clock: Callable[[], int] = now_ms,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r}: use one of {', '.join(POLICIES)}")
+        if not 0 < batch_events <= 1_000_000:
+            raise ValueError(f"batch_events {batch_events}: 1 to 1,000,000")
+        names = [s.stream for s in sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names repeat: {names}")
+        for s in sources:
+            if s.kind not in (BALANCE, ENGINE):
+                raise ValueError(f"stream {s.stream}: kind {s.kind!r} is neither {BALANCE!r} nor {ENGINE!r}")
+        self.store = store
+        self.policy = policy
+        self.batch_events = batch_events
+        self.clock = clock
+        self.sleep = sleep
+        store.setup()
+        open_streams = {f.stream for f in store.faults(open_only=True) if f.kind == FAULT_GAP}
+        self.streams = [_Stream(s, store.checkpoint(s.stream), s.stream in open_streams) for s in sources]
+        self._stop = False
+
+    def stop(self) -> None:
+        """Ask a following ``run`` to return after its current batch."""
+        self._stop = True
+
+    def run(self, follow: bool = False, max_seconds: float | None = None) -> ProjectionReport:
+        """Project every stream up to its end (the end offset seen when a pass starts);
+        with ``follow``, keep polling for new records until ``stop()``, ``max_seconds``,
+        or every stream halting."""
+        started = time.monotonic()
+        while not self._stop:
+            progressed = False
+            live = [s for s in self.streams if not s.report.halted]
+            if not live:
+                break
+            for stream in live:
+                stream.end_offset = stream.source.log.end_offset()
+                while stream.next_offset < stream.end_offset and not stream.report.halted:
+                    if not self._step(stream):
+                        break
+                    progressed = True
+            if not follow:
+                break
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                break
+            if not progressed:
+                self.sleep(FOLLOW_IDLE_MS / 1000)
+        reports = [s.report for s in self.streams]
+        return ProjectionReport(
+            ok=not any(r.halted for r in reports),
+            streams=reports,
+            seconds=round(time.monotonic() - started, 6),
+        )
+
+    # -- one batch of one stream --------------------------------------------------------
+
+    def _step(self, stream: _Stream) -> bool:
+        """Read and handle one batch; False if nothing could be read."""
+        source = stream.source
+        batch = source.log.read(stream.next_offset, min(self.batch_events, stream.end_offset - stream.next_offset))
+        if not batch.values:
+            if batch.next_offset > stream.next_offset:
+                stream.next_offset = batch.next_offset
+                return True
+            return False
+        balance = source.kind == BALANCE
+        decode = EVENTS.decode if balance else OUTPUTS.decode
+        projection = stream.projection
+        writes: list[Write] = []
+        report = stream.report
+        window, window_order = stream.window, stream.window_order
+        fault: Fault | None = None
+        where = source.log.name
+        for offset, raw in zip(batch.offsets, batch.values, strict=True):
+            try:
+                item = decode(raw)
+            except DecodeError as error:
+                fault = self._fault(
+                    stream, FAULT_MALFORMED, stream.folded + 1, -1, f"{where} offset {offset}: {error.problem}"
+                )
+                break
+            seq = item.seq
+            folded = stream.folded
+            if seq <= folded:
+                known = window.get(seq)
+                if known is None:
+                    report.duplicates_unverified += 1
+                elif known != raw:
+                    fault = self._fault(
+                        stream, FAULT_CONFLICT, seq, seq, f"{where} offset {offset}: seq {seq} again with other bytes"
+                    )
+                    break
+                else:
+                    report.duplicates += 1
+                stream.next_offset = offset + 1
+                continue
+            if seq != folded + 1:
+                fault = self._fault(
+                    stream, FAULT_GAP, folded + 1, seq,
+                    f"{where} offset {offset}: seq {seq} where {folded + 1} was due "
+                    f"(missing {folded + 1}..{seq - 1})",
+                )
+                break
+            target = writes if seq > stream.applied else None
+            try:
+                if balance:
+                    projection.balance_event(item, target)
+                else:
+                    if source.symbol and item.symbol != source.symbol:
+                        raise ProjectionError(f"an output of symbol {item.symbol} in the stream of {source.symbol}")
+                    if target is not None:
+                        projection.engine_output(item, target)
+            except ProjectionError as error:
+                fault = self._fault(stream, FAULT_MALFORMED, seq, seq, f"{where} offset {offset}: {error}")
+                break
+            if target is None:
+                report.folded_without_writing += 1
+            else:
+                report.written += 1
+            stream.folded = seq
+            stream.next_offset = offset + 1
+            window[seq] = raw
+            window_order.append(seq)
+            if len(window_order) > DUPLICATE_WINDOW_EVENTS:
+                del window[window_order.popleft()]
+        else:
+            stream.next_offset = max(stream.next_offset, batch.next_offset)
+        self._flush(stream, writes)
+        if fault is not None:
+            self._after_fault(stream, fault)
+        return True
+
+    def _flush(self, stream: _Stream, writes: list[Write]) -> None:
+        if stream.folded <= stream.applied:
+            return
+        checkpoint = Checkpoint(stream.source.stream, stream.folded, stream.next_offset)
+        try:
+            self.store.commit(writes, checkpoint)
+        except BaseException:
+            # The bucket rows of this batch may not be stored: do not assume them later.
+            stream.projection.forget_written_buckets()
+            raise
+        stream.applied = stream.folded
+        stream.report.applied_seq = stream.applied
+        stream.tries = 0
+        if stream.has_open_gaps:
+            for resolved in self.store.resolve_faults(stream.source.stream, stream.applied):
+                log.warning("stream %s: gap from seq %d resolved", resolved.stream, resolved.expected)
+            stream.has_open_gaps = any(
+                f.stream == stream.source.stream and f.kind == FAULT_GAP for f in self.store.faults(open_only=True)
+            )
+
+    def _fault(self, stream: _Stream, kind: str, expected: int, received: int, detail: str) -> Fault:
+        fault = Fault(stream.source.stream, expected, kind, received, detail, self.clock())
+        self.store.record_fault(fault)
+        if kind == FAULT_GAP:
+            stream.has_open_gaps = True
+        stream.report.faults += 1
+        stream.report.fault = fault
+        log.warning("stream %s: %s: %s", fault.stream, kind, detail)
+        return fault
+
+    def _after_fault(self, stream: _Stream, fault: Fault) -> None:
+        if self.policy == REFETCH and fault.kind == FAULT_GAP and stream.tries < REFETCH_TRIES_MAX:
+            pause_ms = min(REFETCH_BACKOFF_MS_FIRST * 2**stream.tries, REFETCH_BACKOFF_MS_MAX)
+            stream.tries += 1
+            stream.report.refetches += 1
+            # next_offset already points just after the last contiguous event.
+            self.sleep(pause_ms / 1000)
+            return
+        stream.report.halted = True
+        log.error("stream %s halted at seq %d: %s", stream.source.stream, stream.folded, fault.detail)
+
+
+def file_sources(directory: str) -> list[Source]:
+    """The streams of a file-log directory laid out as ``ledger demo`` writes it:
+    ``balance.events`` and ``engine.outputs/<symbol>``."""
+    from pathlib import Path
+
+    from ledger.filelog import FileLog
+
+    root = Path(directory)
+    if not (root / "balance.events").is_dir():
+        raise ValueError(f"{root}: no balance.events log here")
+    sources = [Source("balance.events", FileLog(root / "balance.events", readonly=True), BALANCE)]
+    outputs = root / "engine.outputs"
+    if outputs.is_dir():
+        for path in sorted(p for p in outputs.iterdir() if p.is_dir()):
+            sources.append(Source(f"engine.outputs/{path.name}", FileLog(path, readonly=True), ENGINE, path.name))
+    return sources
+
+
+__all__ = [
+    "HALT",
+    "REFETCH",
+    "Log",
+    "ProjectionReport",
+    "Projector",
+    "Source",
+    "StreamReport",
+    "file_sources",
+]

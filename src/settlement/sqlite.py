@@ -1,0 +1,210 @@
+"""The embedded projection store: SQLite, the same logical tables as the CQL store.
+
+A commit is one SQLite transaction holding the batch's rows and the stream's checkpoint,
+so after a crash the checkpoint and the rows always agree. The database runs in WAL mode
+with ``synchronous=NORMAL``: a process crash loses nothing committed; a power loss may
+lose the last commits, which the projector then re-applies from the log (every write is
+idempotent).
+
+Amounts (``varint``) are stored as decimal TEXT: SQLite integers stop at 64 bits and
+amounts go to 2**127 - 1. Versioned writes are upserts guarded by their version column,
+so an older write never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from settlement.model import DELETE, IMMUTABLE, TABLES, VERSIONED, WRITE_KINDS, Table, Write
+from settlement.store import Checkpoint, Fault, StoreError
+
+_SQL_TYPES = {"bigint": "INTEGER", "int": "INTEGER", "boolean": "INTEGER", "text": "TEXT", "varint": "TEXT"}
+
+# How long a writer waits for another connection's lock before failing.
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _create_table(table: Table) -> str:
+    columns = ", ".join(f"{_q(c.name)} {_SQL_TYPES[c.type]}" for c in table.columns)
+    key = ", ".join(_q(c) for c in (*table.partition, *table.clustering))
+    return f"CREATE TABLE IF NOT EXISTS {_q(table.name)} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"
+
+
+class _Statement:
+    __slots__ = ("sql", "varint_positions")
+
+    def __init__(self, sql: str, varint_positions: tuple[int, ...]) -> None:
+        self.sql = sql
+        self.varint_positions = varint_positions
+
+
+def _statement(kind_name: str) -> _Statement:
+    kind = WRITE_KINDS[kind_name]
+    table = TABLES[kind.table]
+    types = {c.name: c.type for c in table.columns}
+    key = (*table.partition, *table.clustering)
+    varints = tuple(i for i, c in enumerate(kind.columns) if types[c] == "varint")
+    if kind.mode == DELETE:
+        where = " AND ".join(f"{_q(c)} = ?" for c in key)
+        return _Statement(f"DELETE FROM {_q(table.name)} WHERE {where}", varints)
+    names = ", ".join(_q(c) for c in kind.columns)
+    marks = ", ".join("?" for _ in kind.columns)
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in kind.columns if c not in key)
+    sql = f"INSERT INTO {_q(table.name)} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(_q(c) for c in key)}) "
+    if not updates:
+        sql += "DO NOTHING"
+    elif kind.mode == VERSIONED:
+        v = _q(kind.version_column or "")
+        sql += f"DO UPDATE SET {updates} WHERE excluded.{v} >= {_q(table.name)}.{v} OR {_q(table.name)}.{v} IS NULL"
+    else:
+        assert kind.mode == IMMUTABLE
+        sql += f"DO UPDATE SET {updates}"
+    return _Statement(sql, varints)
+
+
+class SQLiteStore:
+    """The projection in one SQLite file (``":memory:"`` for a throwaway one).
+
+    >>> store = SQLiteStore(":memory:")
+    >>> store.checkpoint("balance.events") is None
+    True
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.name = f"sqlite:{path}"
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.name}: cannot open: {error}") from None
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._statements = {name: _statement(name) for name in WRITE_KINDS}
+        self.setup()
+
+    def setup(self) -> None:
+        db = self._db
+        for table in TABLES.values():
+            db.execute(_create_table(table))
+        db.execute(
+            'CREATE TABLE IF NOT EXISTS "stream_checkpoints" ("stream" TEXT PRIMARY KEY, "seq" INTEGER, '
+            '"next_offset" INTEGER) WITHOUT ROWID'
+        )
+        db.execute(
+            'CREATE TABLE IF NOT EXISTS "sequence_gaps" ("stream" TEXT, "expected" INTEGER, "kind" TEXT, '
+            '"received" INTEGER, "detail" TEXT, "first_seen_ms" INTEGER, "resolved" INTEGER, '
+            'PRIMARY KEY ("stream", "expected", "kind")) WITHOUT ROWID'
+        )
+
+    def checkpoint(self, stream: str) -> Checkpoint | None:
+        row = self._db.execute(
+            'SELECT "stream", "seq", "next_offset" FROM "stream_checkpoints" WHERE "stream" = ?', (stream,)
+        ).fetchone()
+        return None if row is None else Checkpoint(*row)
+
+    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
+        db = self._db
+        statements = self._statements
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for write in writes:
+                    st = statements[write.kind]
+                    values = write.values
+                    if st.varint_positions:
+                        values = list(values)  # type: ignore[assignment]
+                        for i in st.varint_positions:
+                            values[i] = str(values[i])  # type: ignore[index]
+                    db.execute(st.sql, values)
+                db.execute(
+                    'INSERT INTO "stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) '
+                    'ON CONFLICT ("stream") DO UPDATE SET "seq" = excluded."seq", "next_offset" = excluded."next_offset" '
+                    'WHERE excluded."seq" >= "stream_checkpoints"."seq"',
+                    (checkpoint.stream, checkpoint.seq, checkpoint.next_offset),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.name}: commit for {checkpoint.stream} up to seq {checkpoint.seq}: {error}") from None
+
+    def record_fault(self, fault: Fault) -> None:
+        # The first detection's time and detail are kept; a later detection of the same
+        # fault (a retry, a restart) only re-opens it.
+        self._db.execute(
+            'INSERT INTO "sequence_gaps" VALUES (?, ?, ?, ?, ?, ?, ?) '
+            'ON CONFLICT ("stream", "expected", "kind") DO UPDATE SET "resolved" = excluded."resolved"',
+            (
+                fault.stream, fault.expected, fault.kind, fault.received, fault.detail, fault.first_seen_ms,
+                int(fault.resolved),
+            ),
+        )
+
+    def resolve_faults(self, stream: str, applied_seq: int) -> list[Fault]:
+        found = [
+            f
+            for f in self.faults(open_only=True)
+            if f.stream == stream and f.kind == "gap" and f.expected <= applied_seq
+        ]
+        for f in found:
+            self._db.execute(
+                'UPDATE "sequence_gaps" SET "resolved" = 1 WHERE "stream" = ? AND "expected" = ? AND "kind" = ?',
+                (f.stream, f.expected, f.kind),
+            )
+        return found
+
+    def faults(self, open_only: bool = True) -> list[Fault]:
+        sql = 'SELECT * FROM "sequence_gaps"'
+        if open_only:
+            sql += ' WHERE "resolved" = 0'
+        rows = self._db.execute(sql + ' ORDER BY "stream", "expected", "kind"').fetchall()
+        return [Fault(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    def _decode_row(self, table: Table, row: Sequence[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for column, value in zip(table.columns, row, strict=True):
+            if value is not None:
+                if column.type == "varint":
+                    value = int(value)
+                elif column.type == "boolean":
+                    value = bool(value)
+            out[column.name] = value
+        return out
+
+    def rows(
+        self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None
+    ) -> list[dict[str, Any]]:
+        t = TABLES[table]
+        names = ", ".join(_q(c.name) for c in t.columns)
+        where = [f"{_q(c)} = ?" for c in t.partition]
+        params: list[Any] = [key[c] for c in t.partition]
+        if before:
+            cols = t.clustering[: len(before)]
+            where.append(f"({', '.join(_q(c) for c in cols)}) < ({', '.join('?' for _ in cols)})")
+            params.extend(before)
+        order = ", ".join(f"{_q(c)} DESC" for c in t.clustering)
+        sql = f"SELECT {names} FROM {_q(table)} WHERE {' AND '.join(where)}"
+        if order:
+            sql += f" ORDER BY {order}"
+        sql += " LIMIT ?"
+        params.append(limit)
+        return [self._decode_row(t, r) for r in self._db.execute(sql, params)]
+
+    def scan(self, table: str) -> Iterator[dict[str, Any]]:
+        t = TABLES[table]
+        names = ", ".join(_q(c.name) for c in t.columns)
+        for row in self._db.execute(f"SELECT {names} FROM {_q(table)}"):
+            yield self._decode_row(t, row)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+__all__ = ["SQLiteStore"]
