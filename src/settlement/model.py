@@ -51,6 +51,7 @@ from ledger.events import (
     Withdrawn,
 )
 from ledger.limits import FEE_ACCOUNT_USER
+from ledger.market import Asset, Symbol
 from matching.events import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 
 # Rows of one stream per partition bucket. A user's ledger partition for one asset gets at
@@ -123,7 +124,9 @@ TABLES: dict[str, Table] = {
             ),
             ("name",),
         ),
-        Table("balances", _cols("user:bigint asset:text available:varint locked:varint seq:bigint"), ("user",), ("asset",)),
+        Table(
+            "balances", _cols("user:bigint asset:text available:varint locked:varint seq:bigint"), ("user",), ("asset",)
+        ),
         Table(
             "balance_ledger",
             _cols(
@@ -209,12 +212,24 @@ WRITE_KINDS: dict[str, WriteKind] = {
             "order_accepted",
             "orders",
             (
-                "order_id", "user", "symbol", "side", "order_type", "tif", "price", "qty", "quote_budget",
-                "lock_asset", "lock_amount", "accepted_seq",
+                "order_id",
+                "user",
+                "symbol",
+                "side",
+                "order_type",
+                "tif",
+                "price",
+                "qty",
+                "quote_budget",
+                "lock_asset",
+                "lock_amount",
+                "accepted_seq",
             ),
             IMMUTABLE,
         ),
-        WriteKind("order_status", "orders", ("order_id", "status", "filled_qty", "status_seq"), VERSIONED, "status_seq"),
+        WriteKind(
+            "order_status", "orders", ("order_id", "status", "filled_qty", "status_seq"), VERSIONED, "status_seq"
+        ),
         WriteKind("order_rested", "orders", ("order_id", "rested_qty", "engine_seq"), VERSIONED, "engine_seq"),
         WriteKind("order_ended", "orders", ("order_id", "end_reason", "engine_seq"), VERSIONED, "engine_seq"),
         WriteKind(
@@ -288,10 +303,10 @@ class Projection:
                 self._funds(event, writes)  # type: ignore[arg-type]
         elif kind is AssetListed:
             if writes is not None:
-                a = event.asset  # type: ignore[union-attr]
+                a: Asset = event.asset  # type: ignore[union-attr,assignment]
                 writes.append(Write("asset", (a.code, a.decimals, event.seq), event.seq))
         elif kind is SymbolListed:
-            s = event.symbol  # type: ignore[union-attr]
+            s: Symbol = event.symbol  # type: ignore[union-attr,assignment]
             self.assets_of[s.name] = (s.base, s.quote)
             if writes is not None:
                 writes.append(
@@ -329,7 +344,21 @@ class Projection:
         writes.append(
             Write(
                 "ledger",
-                (user, asset, bucket, seq, leg, kind, change, available, locked, symbol, order_id, trade_id, request_id),
+                (
+                    user,
+                    asset,
+                    bucket,
+                    seq,
+                    leg,
+                    kind,
+                    change,
+                    available,
+                    locked,
+                    symbol,
+                    order_id,
+                    trade_id,
+                    request_id,
+                ),
                 seq,
             )
         )
@@ -356,15 +385,35 @@ class Projection:
             return
         seq = e.seq
         self._ledger(
-            writes, e.user, e.lock_asset, seq, 0, KIND_LOCK, 0, e.available, e.locked, e.symbol, e.order_id,
+            writes,
+            e.user,
+            e.lock_asset,
+            seq,
+            0,
+            KIND_LOCK,
+            0,
+            e.available,
+            e.locked,
+            e.symbol,
+            e.order_id,
             request_id=e.request_id,
         )
         writes.append(
             Write(
                 "order_accepted",
                 (
-                    e.order_id, e.user, e.symbol, int(e.side), int(e.order_type), int(e.tif), e.price, e.qty,
-                    e.quote_budget, e.lock_asset, e.lock_amount, seq,
+                    e.order_id,
+                    e.user,
+                    e.symbol,
+                    int(e.side),
+                    int(e.order_type),
+                    int(e.tif),
+                    e.price,
+                    e.qty,
+                    e.quote_budget,
+                    e.lock_asset,
+                    e.lock_amount,
+                    seq,
                 ),
                 seq,
             )
@@ -416,28 +465,103 @@ class Projection:
             raise ProjectionError(f"trade {trade_id} (seq {seq}) of symbol {symbol}, which was never listed")
         base, quote = assets
         led = self._ledger
-        led(writes, e.maker_user, base, seq, 0, KIND_TRADE, maker_base, e.maker_base_available, e.maker_base_locked,
-            symbol, e.maker_order_id, trade_id)
-        led(writes, e.maker_user, quote, seq, 1, KIND_TRADE, maker_quote, e.maker_quote_available,
-            e.maker_quote_locked, symbol, e.maker_order_id, trade_id)
-        led(writes, e.taker_user, base, seq, 2, KIND_TRADE, taker_base, e.taker_base_available, e.taker_base_locked,
-            symbol, e.taker_order_id, trade_id)
-        led(writes, e.taker_user, quote, seq, 3, KIND_TRADE, taker_quote, e.taker_quote_available,
-            e.taker_quote_locked, symbol, e.taker_order_id, trade_id)
+        led(
+            writes,
+            e.maker_user,
+            base,
+            seq,
+            0,
+            KIND_TRADE,
+            maker_base,
+            e.maker_base_available,
+            e.maker_base_locked,
+            symbol,
+            e.maker_order_id,
+            trade_id,
+        )
+        led(
+            writes,
+            e.maker_user,
+            quote,
+            seq,
+            1,
+            KIND_TRADE,
+            maker_quote,
+            e.maker_quote_available,
+            e.maker_quote_locked,
+            symbol,
+            e.maker_order_id,
+            trade_id,
+        )
+        led(
+            writes,
+            e.taker_user,
+            base,
+            seq,
+            2,
+            KIND_TRADE,
+            taker_base,
+            e.taker_base_available,
+            e.taker_base_locked,
+            symbol,
+            e.taker_order_id,
+            trade_id,
+        )
+        led(
+            writes,
+            e.taker_user,
+            quote,
+            seq,
+            3,
+            KIND_TRADE,
+            taker_quote,
+            e.taker_quote_available,
+            e.taker_quote_locked,
+            symbol,
+            e.taker_order_id,
+            trade_id,
+        )
         if fee_base:
-            led(writes, FEE_ACCOUNT_USER, base, seq, 4, KIND_FEE, fee_base, e.fee_base_available, 0, symbol, 0,
-                trade_id)
+            led(
+                writes, FEE_ACCOUNT_USER, base, seq, 4, KIND_FEE, fee_base, e.fee_base_available, 0, symbol, 0, trade_id
+            )
         if fee_quote:
-            led(writes, FEE_ACCOUNT_USER, quote, seq, 5, KIND_FEE, fee_quote, e.fee_quote_available, 0, symbol, 0,
-                trade_id)
+            led(
+                writes,
+                FEE_ACCOUNT_USER,
+                quote,
+                seq,
+                5,
+                KIND_FEE,
+                fee_quote,
+                e.fee_quote_available,
+                0,
+                symbol,
+                0,
+                trade_id,
+            )
         trade_bucket = trade_id // BUCKET_SEQS
         writes.append(
             Write(
                 "trade",
                 (
-                    symbol, trade_bucket, trade_id, seq, e.engine_seq, e.price, qty, int(e.maker_side),
-                    e.base_amount, e.quote_amount, e.maker_user, e.maker_order_id, e.maker_fee, e.taker_user,
-                    e.taker_order_id, e.taker_fee, e.taker_refund,
+                    symbol,
+                    trade_bucket,
+                    trade_id,
+                    seq,
+                    e.engine_seq,
+                    e.price,
+                    qty,
+                    int(e.maker_side),
+                    e.base_amount,
+                    e.quote_amount,
+                    e.maker_user,
+                    e.maker_order_id,
+                    e.maker_fee,
+                    e.taker_user,
+                    e.taker_order_id,
+                    e.taker_fee,
+                    e.taker_refund,
                 ),
                 seq,
             )
@@ -452,8 +576,21 @@ class Projection:
             writes.append(
                 Write(
                     "user_trade",
-                    (user, user_bucket, seq, symbol, trade_id, order_id, is_maker, side, e.price, qty,
-                     e.base_amount, e.quote_amount, fee),
+                    (
+                        user,
+                        user_bucket,
+                        seq,
+                        symbol,
+                        trade_id,
+                        order_id,
+                        is_maker,
+                        side,
+                        e.price,
+                        qty,
+                        e.base_amount,
+                        e.quote_amount,
+                        fee,
+                    ),
                     seq,
                 )
             )
@@ -486,7 +623,7 @@ class Projection:
             r: OrderRested = output  # type: ignore[assignment]
             writes.append(Write("order_rested", (r.order_id, r.qty_remaining, r.seq), r.seq))
         elif kind is OrderCancelled or kind is OrderExpired or kind is OrderRejected:
-            writes.append(Write("order_ended", (output.order_id, output.reason, output.seq), output.seq))  # type: ignore[union-attr]
+            writes.append(Write("order_ended", (output.order_id, output.reason, output.seq), output.seq))  # type: ignore[union-attr,assignment]
         elif kind is Trade:
             # Trades are projected once, settled, from balance.events (with amounts and
             # fees); the engine's copy adds nothing a reader needs.

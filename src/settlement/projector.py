@@ -109,8 +109,17 @@ class ProjectionReport(msgspec.Struct):
 
 class _Stream:
     __slots__ = (
-        "source", "report", "applied", "folded", "next_offset", "end_offset", "window", "window_order",
-        "tries", "has_open_gaps", "projection",
+        "source",
+        "report",
+        "applied",
+        "folded",
+        "next_offset",
+        "end_offset",
+        "window",
+        "window_order",
+        "tries",
+        "has_open_gaps",
+        "projection",
     )
 
     def __init__(self, source: Source, checkpoint: Checkpoint | None, has_open_gaps: bool) -> None:
@@ -217,7 +226,7 @@ class Projector:
         where = source.log.name
         for offset, raw in zip(batch.offsets, batch.values, strict=True):
             try:
-                item = decode(raw)
+                item: Any = decode(raw)
             except DecodeError as error:
                 fault = self._fault(
                     stream, FAULT_MALFORMED, stream.folded + 1, -1, f"{where} offset {offset}: {error.problem}"
@@ -240,9 +249,11 @@ class Projector:
                 continue
             if seq != folded + 1:
                 fault = self._fault(
-                    stream, FAULT_GAP, folded + 1, seq,
-                    f"{where} offset {offset}: seq {seq} where {folded + 1} was due "
-                    f"(missing {folded + 1}..{seq - 1})",
+                    stream,
+                    FAULT_GAP,
+                    folded + 1,
+                    seq,
+                    f"{where} offset {offset}: seq {seq} where {folded + 1} was due (missing {folded + 1}..{seq - 1})",
                 )
                 break
             target = writes if seq > stream.applied else None

@@ -124,7 +124,8 @@ class SQLiteStore:
                     db.execute(st.sql, values)
                 db.execute(
                     'INSERT INTO "stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) '
-                    'ON CONFLICT ("stream") DO UPDATE SET "seq" = excluded."seq", "next_offset" = excluded."next_offset" '
+                    'ON CONFLICT ("stream") DO UPDATE SET "seq" = excluded."seq", '
+                    '"next_offset" = excluded."next_offset" '
                     'WHERE excluded."seq" >= "stream_checkpoints"."seq"',
                     (checkpoint.stream, checkpoint.seq, checkpoint.next_offset),
                 )
@@ -133,7 +134,9 @@ class SQLiteStore:
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as error:
-            raise StoreError(f"{self.name}: commit for {checkpoint.stream} up to seq {checkpoint.seq}: {error}") from None
+            raise StoreError(
+                f"{self.name}: commit for {checkpoint.stream} up to seq {checkpoint.seq}: {error}"
+            ) from None
 
     def record_fault(self, fault: Fault) -> None:
         # The first detection's time and detail are kept; a later detection of the same
@@ -142,7 +145,12 @@ class SQLiteStore:
             'INSERT INTO "sequence_gaps" VALUES (?, ?, ?, ?, ?, ?, ?) '
             'ON CONFLICT ("stream", "expected", "kind") DO UPDATE SET "resolved" = excluded."resolved"',
             (
-                fault.stream, fault.expected, fault.kind, fault.received, fault.detail, fault.first_seen_ms,
+                fault.stream,
+                fault.expected,
+                fault.kind,
+                fault.received,
+                fault.detail,
+                fault.first_seen_ms,
                 int(fault.resolved),
             ),
         )

@@ -99,7 +99,9 @@ class Store(Protocol):
         """Faults, oldest stream and seq first."""
         ...
 
-    def rows(self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None
+    ) -> list[dict[str, Any]]:
         """Rows of one partition of ``table``, newest first (clustering descending), at
         most ``limit``; with ``before``, only rows whose clustering key is below it."""
         ...

@@ -77,9 +77,9 @@ def verify_store(store: Store, events: Log, stream: str = "balance.events") -> V
 
     store_totals: dict[str, list[int]] = {}
     for (_user, code), (available, locked) in stored.items():
-        row = store_totals.setdefault(code, [0, 0])
-        row[0] += available
-        row[1] += locked
+        sums = store_totals.setdefault(code, [0, 0])
+        sums[0] += available
+        sums[1] += locked
     for code, (available, locked) in state.totals().items():
         got_total = tuple(store_totals.get(code, [0, 0]))
         if got_total != (available, locked):
