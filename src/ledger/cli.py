@@ -3,9 +3,16 @@
     ledger demo [--dir DIR] [--users N] [--symbols N] [--orders N] [--seed N] [--json]
     ledger replay --log DIR [--json] [--until SEQ] [--snapshot FILE] [--save-snapshot FILE]
     ledger replay --kafka HOST:PORT --topic NAME [--partition N] [--json] ...
+    ledger project (--log DIR | --kafka HOST:PORT [--engine-topic SYMBOL=TOPIC ...]) --store URL
+                   [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
+    ledger gaps --store URL [--all] [--json]
+    ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--json]
 
-Exit status: 0 when the replay completed and conservation holds; 1 when a check failed
-(the reason is printed); 2 for bad usage or an unreadable log.
+Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
+
+Exit status: 0 when the command completed and every check passed; 1 when a check failed
+(conservation, a stream halted on a sequence fault, open gaps, a difference found by
+verify; the reason is printed); 2 for bad usage, an unreadable log or store.
 """
 
 from __future__ import annotations
@@ -118,13 +125,149 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             mark = "ok" if summary.replayed_hashes.get(name) == live else "DIFFERS"
             print(f"  {name:<18} {live}  {mark}")
         if summary.checks_ok:
-            print("checks:       ok (replayed hashes equal live ones, engines re-run byte for byte, "
-                  "conservation holds for every asset)")
+            print(
+                "checks:       ok (replayed hashes equal live ones, engines re-run byte for byte, "
+                "conservation holds for every asset)"
+            )
         else:
             print("CHECKS FAILED:")
             for problem in summary.problems:
                 print(f"  {problem}")
     return EXIT_OK if summary.checks_ok else EXIT_CHECK_FAILED
+
+
+def _sources(args: argparse.Namespace) -> list[Any]:
+    from settlement.projector import file_sources, kafka_sources
+
+    if (args.log is None) == (args.kafka is None):
+        raise ValueError("give --log DIR, or --kafka HOST:PORT")
+    if args.log is not None:
+        return file_sources(args.log)
+    topics: dict[str, str] = {}
+    for item in args.engine_topic or []:
+        symbol, sep, topic = item.partition("=")
+        if not sep or not symbol or not topic:
+            raise ValueError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
+        topics[symbol] = topic
+    return kafka_sources(args.kafka, args.topic, topics, args.partition)
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from ledger.log import LogError
+    from settlement import open_store
+    from settlement.projector import Projector
+    from settlement.store import StoreError
+
+    try:
+        sources = _sources(args)
+        store = open_store(args.store)
+    except (ValueError, LogError, StoreError) as error:
+        print(f"ledger project: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = Projector(store, sources, policy=args.policy).run(follow=args.follow, max_seconds=args.max_seconds)
+    except (LogError, StoreError) as error:
+        print(f"ledger project: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for source in sources:
+            source.log.close()
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        print(f"store:        {store.name}  ({report.seconds:.2f} s)")
+        for r in report.streams:
+            state = "HALTED" if r.halted else "ok"
+            print(
+                f"  {r.stream:<28} seq {r.applied_seq:>10,}  written {r.written:>10,}  "
+                f"re-folded {r.folded_without_writing:>10,}  duplicates {r.duplicates + r.duplicates_unverified:,}"
+                f"  {state}"
+            )
+            if r.fault is not None:
+                print(f"    {r.fault.kind}: {r.fault.detail}")
+    for r in report.streams:
+        if r.halted and r.fault is not None:
+            print(f"ledger project: stream {r.stream} halted at seq {r.applied_seq}: {r.fault.detail}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def _cmd_gaps(args: argparse.Namespace) -> int:
+    from settlement import open_store
+    from settlement.store import StoreError
+
+    try:
+        store = open_store(args.store)
+        try:
+            faults = store.faults(open_only=not args.all)
+        finally:
+            store.close()
+    except (ValueError, StoreError) as error:
+        print(f"ledger gaps: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(faults).decode() + "\n")
+    else:
+        if not faults:
+            print("no open gaps" if not args.all else "no gaps recorded")
+        for f in faults:
+            span = f"missing {f.expected}..{f.received - 1}" if f.kind == "gap" else f"at seq {f.expected}"
+            state = "resolved" if f.resolved else "OPEN"
+            print(f"{f.stream:<28} {f.kind:<9} {span:<28} {state:<8} {f.detail}")
+    return EXIT_CHECK_FAILED if any(not f.resolved for f in faults) else EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.log import LogError
+    from ledger.ubscore import LedgerError
+    from settlement import open_store
+    from settlement.store import StoreError
+    from settlement.verify import verify_store
+
+    try:
+        sources = _sources(args)
+        store = open_store(args.store)
+    except (ValueError, LogError, StoreError) as error:
+        print(f"ledger verify: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        balance = sources[0]
+        report = verify_store(store, balance.log, balance.stream)
+    except (LogError, StoreError, LedgerError) as error:
+        print(f"ledger verify: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for source in sources:
+            source.log.close()
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        print(f"store:        {store.name}")
+        print(f"log:          seq 1..{report.final_seq}; store checkpoint at seq {report.checkpoint_seq}")
+        print(f"balances:     {report.balances_checked:,} (user, asset) pairs compared with a fresh replay")
+        print(f"trades:       {report.trades_in_store:,} in the store, {report.trades_in_log:,} in the log")
+        if report.ok:
+            print("verify:       ok (no difference)")
+        else:
+            print(f"DIFFERENCES ({report.differences_total:,}):")
+            for line in report.differences:
+                print(f"  {line}")
+            if report.differences_total > len(report.differences):
+                print(f"  ... and {report.differences_total - len(report.differences):,} more")
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", help="a file-log directory as `ledger demo` writes it")
+    parser.add_argument("--kafka", help="bootstrap servers of a Kafka cluster")
+    parser.add_argument("--topic", default="balance.events", help="with --kafka: the balance.events topic")
+    parser.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
+    parser.add_argument(
+        "--engine-topic", action="append", metavar="SYMBOL=TOPIC", help="with --kafka: a symbol's engine.outputs topic"
+    )
+    parser.add_argument("--store", required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,9 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--snapshot", help="start from this verified snapshot file")
     rp.add_argument("--save-snapshot", help="write a snapshot of the final state to this file")
     rp.add_argument("--json", action="store_true", help="print the summary as JSON")
-    rp.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr"
-    )
+    rp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
     rp.set_defaults(run=_cmd_replay)
 
     dp = sub.add_parser("demo", help="run a deterministic exchange workload on file logs, then verify it")
@@ -153,10 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--seed", type=int, default=42)
     dp.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
     dp.add_argument("--json", action="store_true", help="print the summary as JSON")
-    dp.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr"
-    )
+    dp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
     dp.set_defaults(run=_cmd_demo)
+
+    pp = sub.add_parser("project", help="project balance.events and engine.outputs into a store")
+    _source_arguments(pp)
+    pp.add_argument("--policy", choices=["halt", "refetch"], default="halt", help="what a sequence gap does")
+    pp.add_argument("--follow", action="store_true", help="keep projecting new records as they arrive")
+    pp.add_argument("--max-seconds", type=float, help="with --follow: stop after this long")
+    pp.set_defaults(run=_cmd_project)
+
+    gp = sub.add_parser("gaps", help="list the sequence faults a projection recorded")
+    gp.add_argument("--store", required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
+    gp.add_argument("--all", action="store_true", help="resolved ones too")
+    gp.add_argument("--json", action="store_true", help="print them as JSON")
+    gp.set_defaults(run=_cmd_gaps)
+
+    vp = sub.add_parser("verify", help="compare a projection with a fresh replay of balance.events")
+    _source_arguments(vp)
+    vp.set_defaults(run=_cmd_verify)
     return parser
 
 

@@ -345,7 +345,22 @@ def file_sources(directory: str) -> list[Source]:
     return sources
 
 
+def kafka_sources(
+    bootstrap: str, balance_topic: str, engine_topics: dict[str, str], partition: int = 0
+) -> list[Source]:
+    """The streams of Kafka topics: ``balance_topic`` (one UBSCore shard's partition) and
+    one topic per symbol in ``engine_topics`` (symbol -> topic)."""
+    from ledger.kafkalog import KafkaLog
+
+    sources = [Source(balance_topic, KafkaLog(bootstrap, balance_topic, partition), BALANCE)]
+    for symbol in sorted(engine_topics):
+        topic = engine_topics[symbol]
+        sources.append(Source(f"engine.outputs/{symbol}", KafkaLog(bootstrap, topic, partition), ENGINE, symbol))
+    return sources
+
+
 __all__ = [
+    "kafka_sources",
     "HALT",
     "REFETCH",
     "Log",

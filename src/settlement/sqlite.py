@@ -31,18 +31,29 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
+# Tables some write deletes from. SQLite has no write timestamps, so a delete leaves a
+# tombstone (the row with ``_deleted_at`` = the delete's version) that an older write
+# cannot bring back, exactly as a CQL tombstone with its timestamp does. Reads skip
+# tombstones; they are kept (one small row per deleted key).
+_TOMBSTONED = frozenset(k.table for k in WRITE_KINDS.values() if k.mode == DELETE)
+_DELETED = '"_deleted_at"'
+
+
 def _create_table(table: Table) -> str:
     columns = ", ".join(f"{_q(c.name)} {_SQL_TYPES[c.type]}" for c in table.columns)
+    if table.name in _TOMBSTONED:
+        columns += f", {_DELETED} INTEGER"
     key = ", ".join(_q(c) for c in (*table.partition, *table.clustering))
     return f"CREATE TABLE IF NOT EXISTS {_q(table.name)} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"
 
 
 class _Statement:
-    __slots__ = ("sql", "varint_positions")
+    __slots__ = ("sql", "varint_positions", "with_version")
 
-    def __init__(self, sql: str, varint_positions: tuple[int, ...]) -> None:
+    def __init__(self, sql: str, varint_positions: tuple[int, ...], with_version: bool = False) -> None:
         self.sql = sql
         self.varint_positions = varint_positions
+        self.with_version = with_version
 
 
 def _statement(kind_name: str) -> _Statement:
@@ -51,20 +62,36 @@ def _statement(kind_name: str) -> _Statement:
     types = {c.name: c.type for c in table.columns}
     key = (*table.partition, *table.clustering)
     varints = tuple(i for i, c in enumerate(kind.columns) if types[c] == "varint")
+    t = _q(table.name)
+    conflict = f"ON CONFLICT ({', '.join(_q(c) for c in key)})"
     if kind.mode == DELETE:
-        where = " AND ".join(f"{_q(c)} = ?" for c in key)
-        return _Statement(f"DELETE FROM {_q(table.name)} WHERE {where}", varints)
+        # The tombstone takes the delete's version, appended after the key values.
+        names = ", ".join(_q(c) for c in key)
+        marks = ", ".join("?" for _ in key)
+        sql = (
+            f"INSERT INTO {t} ({names}, {_DELETED}) VALUES ({marks}, ?) {conflict} DO UPDATE SET "
+            f"{_DELETED} = excluded.{_DELETED} WHERE {t}.{_DELETED} IS NULL OR excluded.{_DELETED} > {t}.{_DELETED}"
+        )
+        return _Statement(sql, varints, with_version=True)
     names = ", ".join(_q(c) for c in kind.columns)
     marks = ", ".join("?" for _ in kind.columns)
     updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in kind.columns if c not in key)
-    sql = f"INSERT INTO {_q(table.name)} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(_q(c) for c in key)}) "
+    sql = f"INSERT INTO {t} ({names}) VALUES ({marks}) {conflict} "
     if not updates:
         sql += "DO NOTHING"
     elif kind.mode == VERSIONED:
         v = _q(kind.version_column or "")
-        sql += f"DO UPDATE SET {updates} WHERE excluded.{v} >= {_q(table.name)}.{v} OR {_q(table.name)}.{v} IS NULL"
+        newer = f"(excluded.{v} >= {t}.{v} OR {t}.{v} IS NULL)"
+        if table.name in _TOMBSTONED:
+            # A write newer than the row's delete brings it back; an older one does not.
+            sql += (
+                f"DO UPDATE SET {updates}, {_DELETED} = NULL WHERE {newer} AND "
+                f"({t}.{_DELETED} IS NULL OR excluded.{v} > {t}.{_DELETED})"
+            )
+        else:
+            sql += f"DO UPDATE SET {updates} WHERE {newer}"
     else:
-        assert kind.mode == IMMUTABLE
+        assert kind.mode == IMMUTABLE and table.name not in _TOMBSTONED
         sql += f"DO UPDATE SET {updates}"
     return _Statement(sql, varints)
 
@@ -121,6 +148,8 @@ class SQLiteStore:
                         values = list(values)  # type: ignore[assignment]
                         for i in st.varint_positions:
                             values[i] = str(values[i])  # type: ignore[index]
+                    if st.with_version:
+                        values = (*values, write.version)
                     db.execute(st.sql, values)
                 db.execute(
                     'INSERT INTO "stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) '
@@ -197,6 +226,8 @@ class SQLiteStore:
             cols = t.clustering[: len(before)]
             where.append(f"({', '.join(_q(c) for c in cols)}) < ({', '.join('?' for _ in cols)})")
             params.extend(before)
+        if table in _TOMBSTONED:
+            where.append(f"{_DELETED} IS NULL")
         order = ", ".join(f"{_q(c)} DESC" for c in t.clustering)
         sql = f"SELECT {names} FROM {_q(table)} WHERE {' AND '.join(where)}"
         if order:
@@ -208,7 +239,8 @@ class SQLiteStore:
     def scan(self, table: str) -> Iterator[dict[str, Any]]:
         t = TABLES[table]
         names = ", ".join(_q(c.name) for c in t.columns)
-        for row in self._db.execute(f"SELECT {names} FROM {_q(table)}"):
+        live = f" WHERE {_DELETED} IS NULL" if table in _TOMBSTONED else ""
+        for row in self._db.execute(f"SELECT {names} FROM {_q(table)}{live}"):
             yield self._decode_row(t, row)
 
     def close(self) -> None:
