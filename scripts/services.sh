@@ -211,6 +211,8 @@ concurrent_reads: 8
 concurrent_writes: 16
 concurrent_compactors: 1
 auto_snapshot: false
+# The projector sends unlogged batches of up to 100 rows (about 30 KiB at most).
+batch_size_warn_threshold: 64KiB
 EOF
     cat >"$dir/conf/logback.xml" <<EOF
 <configuration>
