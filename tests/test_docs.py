@@ -25,7 +25,17 @@ def test_readme_python_blocks_run(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["ledger", "ledger.market", "ledger.ubscore", "ledger.filelog", "ledger.strategies"]
+    "module",
+    [
+        "ledger",
+        "ledger.market",
+        "ledger.ubscore",
+        "ledger.filelog",
+        "ledger.strategies",
+        "settlement",
+        "settlement.store",
+        "settlement.sqlite",
+    ],
 )
 def test_module_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
@@ -43,3 +53,17 @@ def test_event_catalogue_names_every_type_and_field() -> None:
         assert section, f"docs/events.md has no section for {kind.__name__}"
         for field in msgspec.structs.fields(kind):
             assert f"`{field.name}`" in section.group(1), f"{kind.__name__}.{field.name} undocumented"
+
+
+def test_settlement_guide_python_block_runs(tmp_path, monkeypatch, capsys) -> None:
+    """docs/settlement.md's example, on logs made by the demo in a scratch directory."""
+    from ledger.demo import run_demo
+    from ledger.filelog import FsyncPolicy
+
+    monkeypatch.chdir(tmp_path)
+    run_demo(tmp_path / "demo-data", users=50, orders=2_000, progress=False, fsync=FsyncPolicy.NEVER)
+    text = (ROOT / "docs" / "settlement.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile(block, "docs/settlement.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"\{'BTC': \(\d+, \d+\)", printed), printed
