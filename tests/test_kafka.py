@@ -86,13 +86,20 @@ def test_ubscore_stage_killed_on_kafka_loses_and_doubles_nothing(kafka_log_facto
             "--events-topic", events_topic, "--batch", "100"]
     rng = random.Random(99)
     kills = 0
-    for _ in range(5):
+    watcher = KafkaLog(source.bootstrap, events_topic)
+    # Kill once the output passes a random offset (a timed kill would race the stage's
+    # speed), after a further random pause so kills land inside batches too.
+    for target in sorted(rng.randrange(2_000, expected_seq) for _ in range(5)):
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.5, 4.0))
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline and watcher.end_offset() < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.05))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
         process.wait(timeout=60)
+    watcher.close()
     final = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
     assert kills >= 3, "the stage finished before it could be killed; the test proved nothing"
