@@ -1,12 +1,59 @@
-"""One symbol's order book: price levels in sorted containers, FIFO within a level.
+"""One symbol's order book: price-time priority, trades at the resting (maker) price.
 
-Layout (chosen before tuning anything): for each side a dict ``price -> deque of resting
-orders`` plus a ``SortedList`` of the prices that have a level, so the best price is the
-first or last element and a level is found in O(1). A resting order is a small list
-``[order_id, user, side, price, remaining]`` shared by the level and the id index, so a
-fill updates it in place.
+The book is the matching engine's state and its rules. ``place``, ``cancel``,
+``amend_qty`` and ``amend_price`` decide and apply in one step and return the output
+records (``matching.events``) they caused, numbered with the stream's ``seq``;
+``apply`` rebuilds the same state from those records alone (replay).
 
-The book only stores and finds orders; matching rules live in ``matching.engine``.
+Layout (chosen first, for the hot path): per side a dict ``price -> deque`` of resting
+orders (oldest first) and a ``SortedList`` of the prices that have a level; the best
+price of each side is cached in ``best`` so the common "does it cross?" test reads one
+list slot, and the sorted list is only touched when a level appears or disappears. A
+resting order is a small list ``[order_id, user, side, price, remaining]`` shared by its
+level and the ``orders`` index, so a fill updates it in place.
+
+Rules:
+
+* GTC rests its remainder; IOC expires it (``IOC_REMAINDER``); a market order expires
+  what it could not fill (``NO_LIQUIDITY``).
+* A market buy is bounded by its quote budget: a lot at price p costs ``p * tick``; it
+  takes only whole lots it can pay for, and when the next lot is unaffordable it ends.
+  The trade that spends the budget keeps ``taker_done=False`` (the order is not filled)
+  and ``OrderExpired(BUDGET_EXHAUSTED)`` follows, so UBSCore releases the unspent budget
+  once, on that expiry. The budget is checked before self-trade prevention, so an own
+  order the taker could not pay for is left alone.
+* FOK fills entirely at once or not at all. Its pre-check walks the book the way matching
+  would; an own order in the path is a barrier under CANCEL_TAKER and CANCEL_BOTH (matching
+  would stop there) and absent under CANCEL_MAKER (matching would cancel it and go on). An
+  unfillable FOK ends with ``OrderExpired(FOK_NOT_FILLABLE)`` and changes nothing else: no
+  trade, no maker touched, no own order cancelled.
+* POST_ONLY that would take (its price reaches the best opposite price, own orders
+  included) ends with ``OrderRejected(POST_ONLY_WOULD_TAKE)``: it never traded, so a
+  rejection is the honest outcome; UBSCore unlocks on it like on any terminal output.
+* Self-trade prevention is the taker's (``stp``): CANCEL_TAKER cancels the taker's
+  remainder, CANCEL_MAKER cancels the resting own order and matching goes on, CANCEL_BOTH
+  cancels the own order and then the taker. Both use reason ``SELF_TRADE_PREVENTED``.
+* An order id seen before (resting, or ended within the last ``finished_ids_max``) is
+  answered ``OrderRejected(DUPLICATE_ORDER_ID)`` and never matched; that answer is not a
+  terminal of the original order.
+* Every accepted order ends in exactly one terminal output: a ``Trade`` with its done
+  flag set, ``OrderCancelled``, ``OrderExpired`` or ``OrderRejected``.
+* Amend (book level only; UBSCore has no amend command yet): ``amend_qty`` lowers the
+  remaining quantity in place and keeps time priority; ``amend_price`` moves the order to
+  a new price, losing priority, and may trade there first as a GTC limit taker under the
+  self-trade rule the amend names. Both report the order's new resting state as
+  ``OrderRested`` (UBSCore ignores it), which is also how ``apply`` replays them.
+
+Inputs a correct UBSCore cannot send (a cancel by someone who does not own the live
+order, a zero quantity, a market order with a price) raise ``BookError`` before anything
+changes: they are programmer errors, not rejections.
+
+>>> book = OrderBook("X-Y", tick=10)
+>>> book.place(1, 101, 7, Side.SELL, OrderType.LIMIT, TimeInForce.GTC, SelfTrade.CANCEL_TAKER, 5, 100)
+[OrderRested(seq=1, symbol='X-Y', input_seq=1, order_id=101, user=7, side=<Side.SELL: 1>, price=100, qty_remaining=5)]
+>>> [type(o).__name__ for o in book.place(2, 102, 8, Side.BUY, OrderType.LIMIT, TimeInForce.IOC,
+...                                       SelfTrade.CANCEL_TAKER, 7, 101)]
+['Trade', 'OrderExpired']
 """
 
 from __future__ import annotations
@@ -17,58 +64,152 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from ledger.commands import Side
+from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
+from ledger.limits import ORDER_PRICE_TICKS_MAX
+from ledger.reasons import Reason
+from matching.events import (
+    EngineOutput,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderRested,
+    Trade,
+)
+
+# Ended order ids remembered so a reused id is rejected, not matched. Ids come from
+# UBSCore as (shard << 48) | seq and never repeat, so this window is a second line of
+# defence against a faulty upstream, not the primary guarantee. It costs about 70 bytes
+# an id (set slot, deque slot, the int) and there is one per symbol: 100,000 ids is
+# about 7 MiB a symbol, which still covers the recent past of a busy market.
+FINISHED_IDS_MAX = 100_000
 
 # Resting order fields, by position.
 R_ID, R_USER, R_SIDE, R_PRICE, R_REMAINING = range(5)
 
 Resting = list[Any]
 
+# ``best`` holds these when a side is empty. They lie outside every valid price, so a
+# comparison against them never crosses and the hot path needs no None test.
+BID_NONE = 0
+ASK_NONE = ORDER_PRICE_TICKS_MAX + 1
+
+# The extreme limit a market order walks the book with.
+_MARKET_BUY_LIMIT = ORDER_PRICE_TICKS_MAX
+_MARKET_SELL_LIMIT = 1
+
+_SIDES = (Side.BUY, Side.SELL)
+_BUY = Side.BUY
+_SELL = Side.SELL
+_LIMIT = OrderType.LIMIT
+_MARKET = OrderType.MARKET
+_GTC = TimeInForce.GTC
+_IOC = TimeInForce.IOC
+_FOK = TimeInForce.FOK
+_POST_ONLY = TimeInForce.POST_ONLY
+_CANCEL_TAKER = SelfTrade.CANCEL_TAKER
+_CANCEL_MAKER = SelfTrade.CANCEL_MAKER
+_CANCEL_BOTH = SelfTrade.CANCEL_BOTH
+_TIFS = frozenset(TimeInForce)
+_STPS = frozenset(SelfTrade)
+
+_DUPLICATE = int(Reason.DUPLICATE_ORDER_ID)
+_UNKNOWN = int(Reason.UNKNOWN_ORDER)
+_STP = int(Reason.SELF_TRADE_PREVENTED)
+_BUDGET = int(Reason.BUDGET_EXHAUSTED)
+_NO_LIQUIDITY = int(Reason.NO_LIQUIDITY)
+_IOC_REMAINDER = int(Reason.IOC_REMAINDER)
+_FOK_NOT_FILLABLE = int(Reason.FOK_NOT_FILLABLE)
+_POST_ONLY_WOULD_TAKE = int(Reason.POST_ONLY_WOULD_TAKE)
+_CANCELLED_BY_USER = int(Reason.CANCELLED_BY_USER)
+
+# Rejections that answer a request without ending any order.
+_NOT_TERMINAL = (_DUPLICATE, _UNKNOWN)
+
 
 class BookError(Exception):
-    """A book invariant does not hold (a programmer error, never bad input)."""
+    """An input a correct UBSCore cannot send, or a broken book invariant: a programmer
+    error, never a rejection. Raised before the book changes."""
 
 
 class OrderBook:
-    """Resting orders of one symbol, by side, price and time."""
+    """Resting orders of one symbol and the output stream they produce.
 
-    __slots__ = ("levels", "prices", "orders")
+    ``symbol`` names the stream in every output; ``tick`` (quote minor units per lot per
+    price step) is needed only to bound market buys by their budget, so a book used for
+    limit orders alone may leave it None until the symbol's definition is known.
+    """
 
-    def __init__(self) -> None:
-        # levels[side][price] -> deque of resting orders, oldest first.
+    __slots__ = ("symbol", "tick", "seq", "levels", "prices", "best", "orders", "finished", "finished_order",
+                 "finished_ids_max")
+
+    def __init__(self, symbol: str = "", tick: int | None = None, finished_ids_max: int = FINISHED_IDS_MAX) -> None:
+        if finished_ids_max < 1:
+            raise ValueError(f"finished_ids_max {finished_ids_max} must be at least 1")
+        self.symbol = symbol
+        self.tick = tick
+        # The last output seq of the stream (0 before the first output).
+        self.seq = 0
+        # levels[side][price] -> resting orders at that price, oldest first.
         self.levels: tuple[dict[int, deque[Resting]], dict[int, deque[Resting]]] = ({}, {})
         self.prices: tuple[SortedList, SortedList] = (SortedList(), SortedList())
+        # best[side]: the best price of that side, BID_NONE / ASK_NONE when empty.
+        self.best: list[int] = [BID_NONE, ASK_NONE]
         self.orders: dict[int, Resting] = {}
+        # Ended ids: the set answers "seen?", the deque remembers the order to forget in.
+        self.finished: set[int] = set()
+        self.finished_order: deque[int] = deque()
+        self.finished_ids_max = finished_ids_max
+
+    # -- reads ------------------------------------------------------------------------
 
     def best_price(self, side: int) -> int | None:
         """The best resting price on ``side`` (highest bid, lowest ask), or None."""
-        prices = self.prices[side]
-        if not prices:
-            return None
-        return prices[-1] if side == Side.BUY else prices[0]  # type: ignore[no-any-return]
+        price = self.best[side]
+        return None if price in (BID_NONE, ASK_NONE) else price
 
     def best_level(self, side: int) -> deque[Resting] | None:
         """The FIFO queue at the best price on ``side``, or None if the side is empty."""
         price = self.best_price(side)
         return None if price is None else self.levels[side][price]
 
+    def iter_side(self, side: int) -> Iterator[Resting]:
+        """Resting orders of ``side`` in matching priority (best price, then oldest)."""
+        prices = self.prices[side]
+        ordered = reversed(prices) if side == _BUY else iter(prices)
+        levels = self.levels[side]
+        for price in ordered:
+            yield from levels[price]
+
+    def is_known(self, order_id: int) -> bool:
+        """Whether ``order_id`` rests or ended within the remembered window."""
+        return order_id in self.orders or order_id in self.finished
+
+    # -- state primitives (no outputs, no matching; replay and tests use them) --------
+
     def add(self, order_id: int, user: int, side: int, price: int, remaining: int) -> Resting:
-        """Rest an order at the back of its price level."""
+        """Rest an order at the back of its price level. The caller ensures it does not
+        cross the book."""
         if order_id in self.orders:
             raise BookError(f"order {order_id} already rests")
-        if remaining <= 0:
-            raise BookError(f"order {order_id} would rest with quantity {remaining}")
+        if remaining <= 0 or price <= 0 or price >= ASK_NONE:
+            raise BookError(f"order {order_id} would rest with quantity {remaining} at price {price}")
+        side = _SIDES[side]
         order: Resting = [order_id, user, side, price, remaining]
         level = self.levels[side].get(price)
         if level is None:
             level = self.levels[side][price] = deque()
             self.prices[side].add(price)
+            if side == _BUY:
+                if price > self.best[0]:
+                    self.best[0] = price
+            elif price < self.best[1]:
+                self.best[1] = price
         level.append(order)
         self.orders[order_id] = order
         return order
 
     def remove(self, order: Resting) -> None:
-        """Take a resting order off the book (filled or cancelled)."""
+        """Take a resting order off the book (it stays unfinished: see ``finish``)."""
         side, price = order[R_SIDE], order[R_PRICE]
         level = self.levels[side][price]
         if level[0] is order:
@@ -76,50 +217,480 @@ class OrderBook:
         else:
             level.remove(order)
         if not level:
-            del self.levels[side][price]
-            self.prices[side].remove(price)
+            self._drop_level(side, price)
         del self.orders[order[R_ID]]
 
     def reduce(self, order_id: int, remaining: int) -> Resting:
         """Lower an order's remaining quantity in place: it keeps its time priority."""
-        order = self.orders[order_id]
+        order = self.orders.get(order_id)
+        if order is None:
+            raise BookError(f"order {order_id} does not rest")
         if not 0 < remaining < order[R_REMAINING]:
-            raise BookError(f"order {order_id}: reduce to {remaining} is not below {order[R_REMAINING]}")
+            raise BookError(f"order {order_id}: reduce to {remaining} is not in 1..{order[R_REMAINING] - 1}")
         order[R_REMAINING] = remaining
         return order
 
     def reprice(self, order_id: int, price: int) -> Resting:
-        """Move an order to a new price: it goes to the back of that level (loses
-        priority). The caller must ensure the new price does not cross the book."""
-        order = self.orders[order_id]
+        """Move an order to the back of the level at ``price`` (it loses priority). The
+        caller ensures the new price does not cross the book."""
+        order = self.orders.get(order_id)
+        if order is None:
+            raise BookError(f"order {order_id} does not rest")
         self.remove(order)
         return self.add(order_id, order[R_USER], order[R_SIDE], price, order[R_REMAINING])
 
-    def iter_side(self, side: int) -> Iterator[Resting]:
-        """Resting orders of ``side`` in matching priority (best price, then oldest)."""
+    def finish(self, order_id: int) -> None:
+        """Remember that ``order_id`` ended, forgetting the oldest id beyond the window."""
+        self.finished.add(order_id)
+        self.finished_order.append(order_id)
+        if len(self.finished_order) > self.finished_ids_max:
+            self.finished.discard(self.finished_order.popleft())
+
+    def _drop_level(self, side: int, price: int) -> None:
+        del self.levels[side][price]
         prices = self.prices[side]
-        ordered = reversed(prices) if side == Side.BUY else iter(prices)
-        for price in ordered:
-            yield from self.levels[side][price]
+        prices.remove(price)
+        if side == _BUY:
+            if price == self.best[0]:
+                self.best[0] = prices[-1] if prices else BID_NONE
+        elif price == self.best[1]:
+            self.best[1] = prices[0] if prices else ASK_NONE
+
+    # -- commands (decide + apply, returning outputs) ---------------------------------
+
+    def place(
+        self,
+        input_seq: int,
+        order_id: int,
+        user: int,
+        side: int,
+        order_type: int,
+        tif: int,
+        stp: int,
+        qty: int,
+        price: int,
+        quote_budget: int = 0,
+    ) -> list[EngineOutput]:
+        """Match a new order and rest, expire, cancel or reject what is left of it.
+
+        ``price`` is in ticks (0 for a market order); ``quote_budget`` bounds a market
+        buy. Returns its outputs: trades and self-trade cancels in matching order, then
+        the order's own end state unless a trade already ended it.
+        """
+        if order_id in self.orders or order_id in self.finished:
+            self.seq += 1
+            return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _DUPLICATE)]
+        if type(qty) is not int or qty <= 0:
+            raise BookError(f"order {order_id}: quantity {qty!r} is not a positive int")
+        market = order_type == _MARKET
+        buying = side == _BUY
+        if not buying and side != _SELL:
+            raise BookError(f"order {order_id}: unknown side {side!r}")
+        if market:
+            if price != 0 or (tif != _IOC and tif != _FOK):
+                raise BookError(f"order {order_id}: a market order needs price 0 and IOC or FOK")
+            if buying:
+                if quote_budget <= 0 or self.tick is None:
+                    raise BookError(f"order {order_id}: a market buy needs a budget and the symbol's tick")
+                limit = _MARKET_BUY_LIMIT
+            else:
+                limit = _MARKET_SELL_LIMIT
+        else:
+            if order_type != _LIMIT or not 0 < price <= ORDER_PRICE_TICKS_MAX or tif not in _TIFS:
+                raise BookError(f"order {order_id}: {order_type!r} {tif!r} at {price!r} is not a valid limit order")
+            limit = price
+        if (quote_budget and not (market and buying)) or stp not in _STPS:
+            raise BookError(f"order {order_id}: budget {quote_budget!r} or self-trade rule {stp!r} not allowed")
+        best = self.best[1] if buying else self.best[0]
+        if (best > limit) if buying else (best < limit):
+            return self._end_untouched(input_seq, order_id, user, side, tif, market, qty, price)
+        if tif == _POST_ONLY:
+            self.finish(order_id)
+            self.seq += 1
+            return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _POST_ONLY_WOULD_TAKE)]
+        budget = quote_budget if market and buying else -1
+        if tif == _FOK and not self._fillable(user, side, stp, qty, limit, budget):
+            self.finish(order_id)
+            self.seq += 1
+            return [OrderExpired(self.seq, self.symbol, input_seq, order_id, user, qty, _FOK_NOT_FILLABLE)]
+        outputs: list[EngineOutput] = []
+        remaining, stopped = self._take(input_seq, order_id, user, side, stp, qty, limit, price, budget, outputs)
+        if remaining:
+            self._end_remainder(input_seq, order_id, user, side, tif, market, remaining, price, stopped, outputs)
+        else:
+            self.finish(order_id)
+        return outputs
+
+    def cancel(self, input_seq: int, order_id: int, user: int) -> list[EngineOutput]:
+        """Cancel a resting order (``CANCELLED_BY_USER``). An order that no longer rests
+        (filled or ended: the cancel lost a race) is answered ``UNKNOWN_ORDER``."""
+        order = self.orders.get(order_id)
+        if order is None:
+            self.seq += 1
+            return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _UNKNOWN)]
+        if order[R_USER] != user:
+            raise BookError(f"cancel of order {order_id} by user {user}, but user {order[R_USER]} owns it")
+        self.remove(order)
+        self.finish(order_id)
+        self.seq += 1
+        return [OrderCancelled(self.seq, self.symbol, input_seq, order_id, user, order[R_REMAINING],
+                               _CANCELLED_BY_USER)]
+
+    def amend_qty(self, input_seq: int, order_id: int, user: int, qty_remaining: int) -> list[EngineOutput]:
+        """Lower a resting order's remaining quantity; it keeps its place in the queue.
+
+        Answered ``OrderRested`` with the new quantity, or ``UNKNOWN_ORDER`` if the order
+        no longer rests. A quantity not below the current one raises ``BookError`` (an
+        amend command must be validated before it gets here; to remove an order, cancel).
+        """
+        order = self.orders.get(order_id)
+        if order is None:
+            self.seq += 1
+            return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _UNKNOWN)]
+        if order[R_USER] != user:
+            raise BookError(f"amend of order {order_id} by user {user}, but user {order[R_USER]} owns it")
+        self.reduce(order_id, qty_remaining)
+        self.seq += 1
+        return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, order[R_SIDE], order[R_PRICE],
+                            qty_remaining)]
+
+    def amend_price(
+        self, input_seq: int, order_id: int, user: int, price: int, stp: int = _CANCEL_TAKER
+    ) -> list[EngineOutput]:
+        """Move a resting order to ``price``: it loses its time priority and, if the new
+        price crosses, first trades as a GTC limit taker under ``stp``.
+
+        Outputs: trades and self-trade cancels, then ``OrderRested`` at the new price for
+        a remainder (or ``OrderCancelled`` if self-trade prevention ended it); nothing
+        more if a trade filled it. ``UNKNOWN_ORDER`` if the order no longer rests.
+        """
+        order = self.orders.get(order_id)
+        if order is None:
+            self.seq += 1
+            return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _UNKNOWN)]
+        if order[R_USER] != user:
+            raise BookError(f"amend of order {order_id} by user {user}, but user {order[R_USER]} owns it")
+        if not 0 < price <= ORDER_PRICE_TICKS_MAX:
+            raise BookError(f"amend of order {order_id}: price {price!r} is not a valid limit")
+        if stp not in _STPS:
+            raise BookError(f"amend of order {order_id}: unknown self-trade rule {stp!r}")
+        side = order[R_SIDE]
+        # Off the book first, so the order cannot meet itself while it takes.
+        self.remove(order)
+        outputs: list[EngineOutput] = []
+        remaining, stopped = self._take(
+            input_seq, order_id, user, side, stp, order[R_REMAINING], price, price, -1, outputs
+        )
+        if remaining:
+            self._end_remainder(input_seq, order_id, user, side, _GTC, False, remaining, price, stopped, outputs)
+        else:
+            self.finish(order_id)
+        return outputs
+
+    # -- matching ---------------------------------------------------------------------
+
+    def _end_untouched(
+        self, input_seq: int, order_id: int, user: int, side: int, tif: int, market: bool, qty: int, price: int
+    ) -> list[EngineOutput]:
+        """The end of an order whose limit does not reach the other side."""
+        if not market and tif in (_GTC, _POST_ONLY):
+            self.add(order_id, user, side, price, qty)
+            self.seq += 1
+            return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price, qty)]
+        if tif == _FOK:
+            reason = _FOK_NOT_FILLABLE
+        elif market:
+            reason = _NO_LIQUIDITY
+        else:
+            reason = _IOC_REMAINDER
+        self.finish(order_id)
+        self.seq += 1
+        return [OrderExpired(self.seq, self.symbol, input_seq, order_id, user, qty, reason)]
+
+    def _end_remainder(
+        self,
+        input_seq: int,
+        order_id: int,
+        user: int,
+        side: int,
+        tif: int,
+        market: bool,
+        remaining: int,
+        price: int,
+        stopped: int,
+        outputs: list[EngineOutput],
+    ) -> None:
+        """Rest, cancel or expire what is left of a taker after matching."""
+        if stopped == _STP:
+            self.finish(order_id)
+            self.seq += 1
+            outputs.append(OrderCancelled(self.seq, self.symbol, input_seq, order_id, user, remaining, _STP))
+            return
+        if tif in (_FOK, _POST_ONLY):
+            # POST_ONLY never takes and FOK was checked fillable: matching must have
+            # filled it, so a remainder here means the two walks disagree.
+            raise BookError(f"order {order_id}: tif {tif!r} left {remaining} unfilled after matching")
+        if market:
+            reason = stopped or _NO_LIQUIDITY
+        elif tif == _GTC:
+            self.add(order_id, user, side, price, remaining)
+            self.seq += 1
+            outputs.append(OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price,
+                                       remaining))
+            return
+        else:
+            reason = _IOC_REMAINDER
+        self.finish(order_id)
+        self.seq += 1
+        outputs.append(OrderExpired(self.seq, self.symbol, input_seq, order_id, user, remaining, reason))
+
+    def _take(
+        self,
+        input_seq: int,
+        order_id: int,
+        user: int,
+        side: int,
+        stp: int,
+        remaining: int,
+        limit: int,
+        taker_limit_price: int,
+        budget: int,
+        outputs: list[EngineOutput],
+    ) -> tuple[int, int]:
+        """Match a taker against the other side while it crosses ``limit``.
+
+        ``budget`` is the quote a market buy may still spend, -1 when unbounded. Appends
+        trades and self-trade cancels to ``outputs``; returns (quantity left, the reason
+        matching stopped early: ``_STP``, ``_BUDGET`` or 0).
+        """
+        # This is the hot loop: everything it touches is a local, the book's bookkeeping
+        # (finish, level removal) is written out rather than called, and resting order
+        # fields are read by literal index (1 is R_USER, 4 is R_REMAINING).
+        maker_side = 1 - side
+        maker_side_enum = _SIDES[maker_side]
+        levels = self.levels[maker_side]
+        prices = self.prices[maker_side]
+        best = self.best
+        orders = self.orders
+        finished = self.finished
+        finished_order = self.finished_order
+        finished_max = self.finished_ids_max
+        symbol = self.symbol
+        append = outputs.append
+        buying = side == _BUY
+        budgeted = budget >= 0
+        tick = self.tick or 0
+        lot_cost = 0
+        seq = self.seq
+        stopped = 0
+        price = best[maker_side]
+        while (price <= limit) if buying else (price >= limit):
+            level = levels[price]
+            if budgeted:
+                lot_cost = price * tick
+            while level:
+                maker = level[0]
+                if budgeted and budget < lot_cost:
+                    stopped = _BUDGET
+                    break
+                maker_id = maker[0]
+                if maker[1] == user:
+                    if stp == _CANCEL_TAKER:
+                        stopped = _STP
+                        break
+                    level.popleft()
+                    del orders[maker_id]
+                    finished.add(maker_id)
+                    finished_order.append(maker_id)
+                    if len(finished_order) > finished_max:
+                        finished.discard(finished_order.popleft())
+                    seq += 1
+                    append(OrderCancelled(seq, symbol, input_seq, maker_id, user, maker[4], _STP))
+                    if stp == _CANCEL_BOTH:
+                        stopped = _STP
+                        break
+                    continue
+                available = maker[4]
+                fill = remaining if remaining < available else available
+                if budgeted:
+                    affordable = budget // lot_cost
+                    if affordable < fill:
+                        fill = affordable
+                    budget -= fill * lot_cost
+                remaining -= fill
+                seq += 1
+                if fill == available:
+                    level.popleft()
+                    del orders[maker_id]
+                    finished.add(maker_id)
+                    finished_order.append(maker_id)
+                    if len(finished_order) > finished_max:
+                        finished.discard(finished_order.popleft())
+                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker[1], maker_id, user,
+                                 order_id, taker_limit_price, True, remaining == 0))
+                else:
+                    maker[4] = available - fill
+                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker[1], maker_id, user,
+                                 order_id, taker_limit_price, False, remaining == 0))
+                if remaining == 0:
+                    break
+            if not level:
+                del levels[price]
+                prices.remove(price)
+                if buying:
+                    price = prices[0] if prices else ASK_NONE
+                else:
+                    price = prices[-1] if prices else BID_NONE
+                best[maker_side] = price
+            if remaining == 0 or stopped:
+                break
+        self.seq = seq
+        return remaining, stopped
+
+    def _fillable(self, user: int, side: int, stp: int, qty: int, limit: int, budget: int) -> bool:
+        """Would matching fill all of ``qty`` now? Walks the book exactly as ``_take``
+        would (same order, same budget and self-trade stops) without changing it."""
+        maker_side = 1 - side
+        prices = self.prices[maker_side]
+        levels = self.levels[maker_side]
+        walk = prices.irange(maximum=limit) if side == _BUY else prices.irange(minimum=limit, reverse=True)
+        budgeted = budget >= 0
+        tick = self.tick or 0
+        need = qty
+        for price in walk:
+            lot_cost = price * tick
+            for maker in levels[price]:
+                if budgeted and budget < lot_cost:
+                    return False
+                if maker[R_USER] == user:
+                    if stp == _CANCEL_MAKER:
+                        continue
+                    return False
+                take = min(need, maker[R_REMAINING])
+                if budgeted:
+                    take = min(take, budget // lot_cost)
+                    budget -= take * lot_cost
+                need -= take
+                if need == 0:
+                    return True
+        return False
+
+    # -- replay -----------------------------------------------------------------------
+
+    def apply(self, output: EngineOutput) -> None:
+        """Rebuild state from one of this stream's own outputs (replay).
+
+        Checks each output against the book (the maker exists and holds the quantity, a
+        done flag agrees with what is left, seq is contiguous) and raises ``BookError``
+        without applying anything if it does not fit.
+        """
+        if output.seq != self.seq + 1:
+            raise BookError(f"{self.symbol} output seq {output.seq} where {self.seq + 1} was expected")
+        if output.symbol != self.symbol:
+            raise BookError(f"{self.symbol} output {output.seq} belongs to {output.symbol}")
+        where = f"{self.symbol} output {output.seq}"
+        if isinstance(output, Trade):
+            self._apply_trade(output, where)
+        elif isinstance(output, OrderRested):
+            self._apply_rested(output, where)
+        elif isinstance(output, OrderCancelled):
+            order = self.orders.get(output.order_id)
+            if order is not None:
+                if order[R_REMAINING] != output.qty_remaining:
+                    raise BookError(f"{where}: cancel of {output.qty_remaining} but {order[R_REMAINING]} rest")
+                self.remove(order)
+            self.finish(output.order_id)
+        elif isinstance(output, OrderExpired):
+            if output.order_id in self.orders:
+                raise BookError(f"{where}: resting order {output.order_id} cannot expire")
+            self.finish(output.order_id)
+        elif isinstance(output, OrderRejected):
+            if output.reason not in _NOT_TERMINAL:
+                # The only rejection that ends an order is post-only's, of a new order.
+                if output.reason != _POST_ONLY_WOULD_TAKE or self.is_known(output.order_id):
+                    raise BookError(f"{where}: rejection {output.reason} of order {output.order_id} does not fit")
+                self.finish(output.order_id)
+        else:
+            raise BookError(f"{where}: not an engine output: {type(output).__name__}")
+        self.seq = output.seq
+
+    def _apply_trade(self, t: Trade, where: str) -> None:
+        maker = self.orders.get(t.maker_order_id)
+        if maker is None or maker[R_SIDE] != t.maker_side or maker[R_PRICE] != t.price:
+            raise BookError(f"{where}: trade against no resting order {t.maker_order_id} at {t.price}")
+        if not 0 < t.qty <= maker[R_REMAINING] or t.maker_done != (t.qty == maker[R_REMAINING]):
+            raise BookError(f"{where}: trade of {t.qty} against {maker[R_REMAINING]} resting (done {t.maker_done})")
+        # A taker rests only while it is being repriced (amend_price): then it gives up
+        # quantity here and its new state follows in OrderRested or OrderCancelled.
+        taker = self.orders.get(t.taker_order_id)
+        if taker is not None and (
+            taker[R_SIDE] == t.maker_side
+            or t.qty > taker[R_REMAINING]
+            or t.taker_done != (t.qty == taker[R_REMAINING])
+        ):
+            raise BookError(f"{where}: repriced taker {t.taker_order_id} cannot give {t.qty}")
+        if t.qty == maker[R_REMAINING]:
+            self.remove(maker)
+            self.finish(t.maker_order_id)
+        else:
+            maker[R_REMAINING] -= t.qty
+        if taker is not None:
+            if t.taker_done:
+                self.remove(taker)
+            else:
+                taker[R_REMAINING] -= t.qty
+        if t.taker_done:
+            self.finish(t.taker_order_id)
+
+    def _apply_rested(self, r: OrderRested, where: str) -> None:
+        order = self.orders.get(r.order_id)
+        if order is None:
+            if r.order_id in self.finished:
+                raise BookError(f"{where}: order {r.order_id} rests after it ended")
+            self.add(r.order_id, r.user, r.side, r.price, r.qty_remaining)
+            return
+        # An existing order rests again only by amend: a lower quantity at its own price
+        # keeps its place (amend_qty); the same quantity goes to the back at ``price``
+        # (amend_price, after any trades it made as a taker).
+        if order[R_USER] != r.user or order[R_SIDE] != r.side:
+            raise BookError(f"{where}: order {r.order_id} changes owner or side")
+        if r.price == order[R_PRICE] and 0 < r.qty_remaining < order[R_REMAINING]:
+            self.reduce(r.order_id, r.qty_remaining)
+        elif r.qty_remaining == order[R_REMAINING]:
+            self.reprice(r.order_id, r.price)
+        else:
+            raise BookError(f"{where}: order {r.order_id} rests with {r.qty_remaining}, had {order[R_REMAINING]}")
+
+    # -- invariants -------------------------------------------------------------------
 
     def check(self) -> None:
-        """Assert every invariant (tests call this after each command)."""
+        """Raise ``BookError`` unless every invariant holds (tests call this after each
+        command): levels sorted and never empty, quantities positive, index and levels
+        agree, cached best prices right, not crossed, finished window consistent."""
         count = 0
         for side in (Side.BUY, Side.SELL):
             levels, prices = self.levels[side], self.prices[side]
             if sorted(levels) != list(prices):
-                raise BookError(f"side {side}: price index and levels disagree")
+                raise BookError(f"side {side.name}: price index and levels disagree")
             for price, level in levels.items():
                 if not level:
-                    raise BookError(f"side {side}: empty level at {price}")
+                    raise BookError(f"side {side.name}: empty level at {price}")
                 for order in level:
                     count += 1
-                    if order[R_REMAINING] <= 0 or order[R_PRICE] != price or order[R_SIDE] != side:
-                        raise BookError(f"order {order[R_ID]} malformed at level {price}")
+                    if type(order[R_REMAINING]) is not int or order[R_REMAINING] <= 0:
+                        raise BookError(f"order {order[R_ID]}: remaining {order[R_REMAINING]!r} not positive")
+                    if order[R_PRICE] != price or order[R_SIDE] != side:
+                        raise BookError(f"order {order[R_ID]} is filed under the wrong side or price")
                     if self.orders.get(order[R_ID]) is not order:
                         raise BookError(f"order {order[R_ID]} missing from the id index")
+                    if order[R_ID] in self.finished:
+                        raise BookError(f"order {order[R_ID]} rests but is remembered as ended")
+            expected = (prices[-1] if side == _BUY else prices[0]) if prices else (BID_NONE, ASK_NONE)[side]
+            if self.best[side] != expected:
+                raise BookError(f"side {side.name}: cached best {self.best[side]}, actual {expected}")
         if count != len(self.orders):
-            raise BookError("id index holds orders that rest nowhere")
-        bid, ask = self.best_price(Side.BUY), self.best_price(Side.SELL)
-        if bid is not None and ask is not None and bid >= ask:
-            raise BookError(f"book crossed: bid {bid} >= ask {ask}")
+            raise BookError("the id index holds orders that rest nowhere")
+        if self.best[0] >= self.best[1]:
+            raise BookError(f"book crossed: bid {self.best[0]} >= ask {self.best[1]}")
+        if len(self.finished_order) != len(self.finished) or len(self.finished) > self.finished_ids_max:
+            raise BookError("the finished-id window and its index disagree or overflow")
