@@ -78,28 +78,32 @@ def make_stream(count: int, seed: int = 42) -> list[tuple]:
     return stream
 
 
-def _accepted(order_id: int, is_buy: bool, qty: int, price: int, market: bool = False) -> OrderAccepted:
+def _accepted(order_id: int, is_buy: bool, qty: int, price: int, market: bool = False,
+              seq: int | None = None) -> OrderAccepted:
     side = Side.BUY if is_buy else Side.SELL
     budget = 10**12 if market and is_buy else 0
+    seq = order_id if seq is None else seq
     return OrderAccepted(
-        order_id, 0, order_id, order_id, order_id, SYMBOL.name, side,
+        seq, 0, order_id, seq, order_id, SYMBOL.name, side,
         OrderType.MARKET if market else OrderType.LIMIT,
         TimeInForce.IOC if market else TimeInForce.GTC, SelfTrade.CANCEL_TAKER, qty, price, budget, "Q", 1, 0, 1,
     )
 
 
 def run_ours(stream: list[tuple]) -> dict[str, Any]:
+    # The engine takes balance events in balance.events order: seq 1 is SymbolListed,
+    # then one seq per command.
     events: list[Any] = []
-    for command in stream:
+    for seq, command in enumerate(stream, start=2):
         if command[0] == "C":
             order_id = command[1]
-            events.append(CancelRequested(order_id, 0, order_id, order_id, order_id, SYMBOL.name))
+            events.append(CancelRequested(seq, 0, order_id, seq, order_id, SYMBOL.name))
         elif command[0] == "M":
-            events.append(_accepted(command[1], command[2], command[3], 0, market=True))
+            events.append(_accepted(command[1], command[2], command[3], 0, market=True, seq=seq))
         else:
-            events.append(_accepted(command[1], command[2], command[4], command[3]))
+            events.append(_accepted(command[1], command[2], command[4], command[3], seq=seq))
     engine = MatchingEngine(SYMBOL.name)
-    engine.handle(SymbolListed(0, 0, 0, SYMBOL))
+    engine.handle(SymbolListed(1, 0, 1, SYMBOL))
     handle = engine.handle
     started = time.perf_counter()
     outputs = [handle(event) for event in events]
