@@ -8,6 +8,10 @@ that reads like the rule itself.
 
 from __future__ import annotations
 
+import doctest
+import importlib
+import subprocess
+import sys
 from collections import deque
 from typing import Any
 
@@ -329,3 +333,18 @@ def test_a_cancel_that_loses_the_race_with_a_fill_is_an_output_not_an_error() ->
     assert not core.state.orders and not engine.book.orders
     assert all(locked == 0 for _, locked in core.state.totals().values())
     assert not core.state.conservation_problems()
+
+
+# -- the package -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["matching.book", "matching.engine"])
+def test_module_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_matching_can_be_imported_before_ledger() -> None:
+    # ledger and matching import each other's modules; either may come first in a program.
+    for first in ("matching", "matching.engine", "matching.book", "matching.events"):
+        subprocess.run([sys.executable, "-c", f"import {first}"], check=True, capture_output=True)
