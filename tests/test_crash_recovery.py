@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError, replay
-from ledger.log import scan
+from ledger.log import LogError, scan
 from ledger.runner import UBSCoreStage
 from support import seeded_commands
 
@@ -58,9 +58,14 @@ def test_stage_killed_at_random_points_loses_and_doubles_nothing(tmp_path: Path,
     argv = [sys.executable, "-m", "ledger.runner", "--commands", str(commands_dir), "--events", str(events_dir),
             "--batch", "20"]
     kills = 0
-    for _ in range(6):
+    # Kill once the output passes a random seq (a timed kill races the stage's speed and
+    # may find it finished), after a random pause so kills land inside batches too.
+    for target in sorted(rng.randrange(500, expected_seq - 500) for _ in range(6)):
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, 0.9))
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline and _events_written(events_dir) < target:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.02))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
@@ -70,6 +75,16 @@ def test_stage_killed_at_random_points_loses_and_doubles_nothing(tmp_path: Path,
     assert kills >= 3, "the stage finished before it could be killed; the test proved nothing"
     with FileLog(events_dir, readonly=True) as events:
         assert_exactly_once(events, len(commands), expected_hash, expected_seq)
+
+
+def _events_written(events_dir: Path) -> int:
+    if not events_dir.is_dir():
+        return 0
+    try:
+        with FileLog(events_dir, readonly=True) as events:
+            return events.end_offset()
+    except LogError:  # a segment being created right now: look again later
+        return 0
 
 
 def test_a_second_writer_is_detected_not_forked(tmp_path: Path, commands) -> None:
