@@ -152,18 +152,32 @@ def _sources(args: argparse.Namespace) -> list[Any]:
     return kafka_sources(args.kafka, args.topic, topics, args.partition)
 
 
-def _cmd_project(args: argparse.Namespace) -> int:
+def _open_sources_and_store(args: argparse.Namespace, command: str) -> tuple[list[Any], Any] | None:
+    """The command's sources and store, or None (after saying why on stderr)."""
     from ledger.log import LogError
     from settlement import open_store
+    from settlement.store import StoreError
+
+    sources: list[Any] = []
+    try:
+        sources = _sources(args)
+        return sources, open_store(args.store)
+    except (ValueError, LogError, StoreError) as error:
+        for source in sources:
+            source.log.close()
+        print(f"ledger {command}: {error}", file=sys.stderr)
+        return None
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from ledger.log import LogError
     from settlement.projector import Projector
     from settlement.store import StoreError
 
-    try:
-        sources = _sources(args)
-        store = open_store(args.store)
-    except (ValueError, LogError, StoreError) as error:
-        print(f"ledger project: {error}", file=sys.stderr)
+    opened = _open_sources_and_store(args, "project")
+    if opened is None:
         return EXIT_USAGE
+    sources, store = opened
     try:
         report = Projector(store, sources, policy=args.policy).run(follow=args.follow, max_seconds=args.max_seconds)
     except (LogError, StoreError) as error:
@@ -220,16 +234,13 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ledger.log import LogError
     from ledger.ubscore import LedgerError
-    from settlement import open_store
     from settlement.store import StoreError
     from settlement.verify import verify_store
 
-    try:
-        sources = _sources(args)
-        store = open_store(args.store)
-    except (ValueError, LogError, StoreError) as error:
-        print(f"ledger verify: {error}", file=sys.stderr)
+    opened = _open_sources_and_store(args, "verify")
+    if opened is None:
         return EXIT_USAGE
+    sources, store = opened
     try:
         balance = sources[0]
         report = verify_store(store, balance.log, balance.stream)

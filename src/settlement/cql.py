@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from settlement.model import DELETE, TABLES, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, StoreError
+from settlement.store import Checkpoint, Fault, StoreError, resolvable
 
 # Rows sent together in one UNLOGGED batch (one request). One request per row costs the
 # Python driver and the server far more than the rows themselves: measured here, 16-row
@@ -231,11 +231,7 @@ class CqlStore:
             self._session.execute(self._fault_reopen, (fault.resolved, fault.stream, fault.expected, fault.kind))
 
     def resolve_faults(self, stream: str, applied_seq: int) -> list[Fault]:
-        found = [
-            f
-            for f in self.faults(open_only=True)
-            if f.stream == stream and f.kind == "gap" and f.expected <= applied_seq
-        ]
+        found = resolvable(self.faults(open_only=True), stream, applied_seq)
         for f in found:
             self._session.execute(self._fault_reopen, (True, f.stream, f.expected, f.kind))
         return found

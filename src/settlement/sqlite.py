@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from settlement.model import DELETE, IMMUTABLE, TABLES, VERSIONED, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, StoreError
+from settlement.store import Checkpoint, Fault, StoreError, resolvable
 
 _SQL_TYPES = {"bigint": "INTEGER", "int": "INTEGER", "boolean": "INTEGER", "text": "TEXT", "varint": "TEXT"}
 
@@ -185,11 +185,7 @@ class SQLiteStore:
         )
 
     def resolve_faults(self, stream: str, applied_seq: int) -> list[Fault]:
-        found = [
-            f
-            for f in self.faults(open_only=True)
-            if f.stream == stream and f.kind == "gap" and f.expected <= applied_seq
-        ]
+        found = resolvable(self.faults(open_only=True), stream, applied_seq)
         for f in found:
             self._db.execute(
                 'UPDATE "sequence_gaps" SET "resolved" = 1 WHERE "stream" = ? AND "expected" = ? AND "kind" = ?',

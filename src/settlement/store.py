@@ -65,6 +65,13 @@ class Fault(msgspec.Struct, frozen=True):
         return (self.expected, self.received - 1)
 
 
+def resolvable(faults: list[Fault], stream: str, applied_seq: int) -> list[Fault]:
+    """The stream's open gaps whose missing seqs are all applied by ``applied_seq``."""
+    return [
+        f for f in faults if not f.resolved and f.stream == stream and f.kind == FAULT_GAP and f.expected <= applied_seq
+    ]
+
+
 class StoreError(Exception):
     """A store could not be reached or written; the message names the store."""
 
