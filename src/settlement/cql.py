@@ -7,6 +7,9 @@
   open order deleted at seq s is not brought back by a replay of its acceptance (seq < s).
 * No lightweight transactions, counters, secondary indexes or materialized views, so the
   same code runs on ScyllaDB with tablets.
+* Commits are pipelined: one writer thread writes them in order while the projector
+  decodes and maps the next batch; ``flush`` waits for them (the projector flushes at
+  the end of every pass, and before anything reads the store back).
 * Writes go out in UNLOGGED batches of ``BATCH_ROWS_MAX`` rows (no atomicity is needed:
   each row is idempotent), at most ``in_flight_max`` requests at a time; the stream's
   checkpoint is written only after every write of the commit succeeded.
@@ -16,7 +19,9 @@ cassandra-driver is imported only here.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +38,9 @@ BATCH_ROWS_MAX = 100
 # Batches in flight at once from one projector: enough to keep a node's write path busy,
 # few enough that a slow node pushes back instead of queueing timeouts.
 IN_FLIGHT_MAX = 8
+# Commits waiting for the writer thread while the projector prepares the next: the
+# projector's decoding and mapping overlap the server's work on the previous commit.
+PIPELINE_COMMITS_MAX = 2
 # Times a batch's failed writes are sent again (they are idempotent) before the commit
 # fails and the checkpoint stays where it was.
 WRITE_TRIES_MAX = 3
@@ -101,6 +109,10 @@ class CqlStore:
         self._session.default_timeout = REQUEST_TIMEOUT_S
         self._writes: dict[str, Any] = {}
         self._reads: dict[tuple[str, int], Any] = {}
+        # Commits go through one writer thread, in order (see ``commit``).
+        self._queue: queue.Queue[tuple[list[Write], Checkpoint] | None] = queue.Queue(PIPELINE_COMMITS_MAX)
+        self._writer: threading.Thread | None = None
+        self._failure: StoreError | None = None
         self.setup()
 
     # -- schema -------------------------------------------------------------------------
@@ -172,6 +184,43 @@ class CqlStore:
         return statement, (*write.values, write.version)
 
     def commit(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
+        """Hand the commit to the writer thread and return; it is written (rows, then
+        checkpoint, commits in order) while the caller prepares the next one. At most
+        ``PIPELINE_COMMITS_MAX`` wait; a failed commit is raised by the next call here or
+        by ``flush``, and no later checkpoint is written after it."""
+        self._raise_failure()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name=f"{self.name} writer", daemon=True)
+            self._writer.start()
+        self._queue.put((list(writes), checkpoint))
+
+    def flush(self) -> None:
+        """Wait until every commit handed over is written; raise the first failure."""
+        self._queue.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            writes, checkpoint = item
+            try:
+                if self._failure is None:
+                    self._commit_now(writes, checkpoint)
+            except StoreError as error:
+                self._failure = error
+            except Exception as error:  # noqa: BLE001 - surfaced to the projector, not lost
+                self._failure = StoreError(f"{self.name}: commit of {checkpoint.stream} failed: {error!r}")
+            finally:
+                self._queue.task_done()
+
+    def _commit_now(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
         from cassandra.concurrent import execute_concurrent
         from cassandra.query import BatchStatement, BatchType
 
@@ -208,6 +257,7 @@ class CqlStore:
             ) from None
 
     def checkpoint(self, stream: str) -> Checkpoint | None:
+        self.flush()
         row = self._session.execute(self._checkpoint_read, (stream,)).one()
         return None if row is None else Checkpoint(row[0], row[1], row[2])
 
@@ -286,4 +336,13 @@ class CqlStore:
         self._session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}")
 
     def close(self) -> None:
-        self._cluster.shutdown()
+        """Write what is pending (raising a failure), then disconnect."""
+        try:
+            if self._writer is not None:
+                self.flush()
+        finally:
+            if self._writer is not None:
+                self._queue.put(None)
+                self._writer.join()
+                self._writer = None
+            self._cluster.shutdown()

@@ -179,7 +179,11 @@ class Projector:
     def run(self, follow: bool = False, max_seconds: float | None = None) -> ProjectionReport:
         """Project every stream up to its end (the end offset seen when a pass starts);
         with ``follow``, keep polling for new records until ``stop()``, ``max_seconds``,
-        or every stream halting."""
+        or every stream halting. Everything is written when it returns.
+
+        A ``StoreError`` (the store failed a commit after its retries) propagates; the
+        checkpoint stays before the failed commit. Make a new ``Projector`` to go on: it
+        resumes from the store's checkpoint."""
         started = time.monotonic()
         while not self._stop:
             progressed = False
@@ -197,7 +201,11 @@ class Projector:
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
                 break
             if not progressed:
+                # Nothing new: let a pipelining store finish what it holds, so a quiet
+                # stream's last events are not left waiting for the next ones.
+                self.store.flush()
                 self.sleep(FOLLOW_IDLE_MS / 1000)
+        self.store.flush()
         reports = [s.report for s in self.streams]
         return ProjectionReport(
             ok=not any(r.halted for r in reports),
@@ -299,6 +307,7 @@ class Projector:
         stream.report.applied_seq = stream.applied
         stream.tries = 0
         if stream.has_open_gaps:
+            self.store.flush()  # a gap is resolved only once its missing rows are written
             for resolved in self.store.resolve_faults(stream.source.stream, stream.applied):
                 log.warning("stream %s: gap from seq %d resolved", resolved.stream, resolved.expected)
             stream.has_open_gaps = any(

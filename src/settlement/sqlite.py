@@ -167,6 +167,9 @@ class SQLiteStore:
                 f"{self.name}: commit for {checkpoint.stream} up to seq {checkpoint.seq}: {error}"
             ) from None
 
+    def flush(self) -> None:
+        """Nothing to wait for: a commit is written when ``commit`` returns."""
+
     def record_fault(self, fault: Fault) -> None:
         # The first detection's time and detail are kept; a later detection of the same
         # fault (a retry, a restart) only re-opens it.

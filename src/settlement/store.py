@@ -93,6 +93,11 @@ class Store(Protocol):
         """Apply ``writes``, then (only once they all succeeded) store ``checkpoint``."""
         ...
 
+    def flush(self) -> None:
+        """Wait until every commit handed to ``commit`` is written (a store may write
+        them in the background); raise the first failure."""
+        ...
+
     def record_fault(self, fault: Fault) -> None:
         """Record (or record again, idempotently) a fault."""
         ...
