@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from settlement.model import TABLES, Write
+from settlement.model import TABLES, Write, bucket_of
 
 # The projector's own tables, in the same notation as settlement.model.TABLES.
 CHECKPOINT_COLUMNS = ("stream", "seq", "next_offset")
@@ -174,8 +174,6 @@ class Queries:
     def ledger(self, user: int, asset: str, limit: int = 100, before_seq: int | None = None) -> list[dict[str, Any]]:
         """A user's balance changes of one asset, newest first; page on with the last
         row's ``seq`` as ``before_seq``."""
-        from settlement.model import bucket_of
-
         return self._paged(
             "ledger_buckets",
             "balance_ledger",
@@ -187,8 +185,6 @@ class Queries:
 
     def user_trades(self, user: int, limit: int = 100, before_seq: int | None = None) -> list[dict[str, Any]]:
         """A user's trades, newest first."""
-        from settlement.model import bucket_of
-
         return self._paged(
             "user_trade_buckets",
             "user_trades",
@@ -200,8 +196,6 @@ class Queries:
 
     def recent_trades(self, symbol: str, limit: int = 100, before_trade_id: int | None = None) -> list[dict[str, Any]]:
         """A symbol's trades, newest first."""
-        from settlement.model import bucket_of
-
         return self._paged(
             "symbol_trade_buckets",
             "settled_trades",
