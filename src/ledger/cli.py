@@ -4,6 +4,7 @@
     ledger replay --log DIR [--json] [--until SEQ] [--snapshot FILE] [--save-snapshot FILE]
     ledger replay --kafka HOST:PORT --topic NAME [--partition N] [--json] ...
     ledger project (--log DIR | --kafka HOST:PORT [--engine-topic SYMBOL=TOPIC ...]) --store URL
+                   (or --source DIR | --source kafka://HOST:PORT)
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
     ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--json]
@@ -139,17 +140,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _sources(args: argparse.Namespace) -> list[Any]:
     from settlement.projector import file_sources, kafka_sources
 
-    if (args.log is None) == (args.kafka is None):
-        raise ValueError("give --log DIR, or --kafka HOST:PORT")
-    if args.log is not None:
-        return file_sources(args.log)
+    log, kafka = args.log, args.kafka
+    if args.source is not None:
+        if log is not None or kafka is not None:
+            raise ValueError("give --source, or --log / --kafka, not both")
+        if args.source.startswith("kafka://"):
+            kafka = args.source[len("kafka://") :]
+        else:
+            log = args.source.removeprefix("file:")
+    if (log is None) == (kafka is None):
+        raise ValueError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
+    if log is not None:
+        return file_sources(log)
     topics: dict[str, str] = {}
     for item in args.engine_topic or []:
         symbol, sep, topic = item.partition("=")
         if not sep or not symbol or not topic:
             raise ValueError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
         topics[symbol] = topic
-    return kafka_sources(args.kafka, args.topic, topics, args.partition)
+    return kafka_sources(kafka, args.topic, topics, args.partition)
 
 
 def _open_sources_and_store(args: argparse.Namespace, command: str) -> tuple[list[Any], Any] | None:
@@ -244,7 +253,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         balance = sources[0]
         report = verify_store(store, balance.log, balance.stream)
-    except (LogError, StoreError, LedgerError) as error:
+    except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
+        print(f"ledger verify: the log cannot be replayed: {error}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except (LogError, StoreError) as error:
         print(f"ledger verify: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -270,6 +282,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka")
     parser.add_argument("--log", help="a file-log directory as `ledger demo` writes it")
     parser.add_argument("--kafka", help="bootstrap servers of a Kafka cluster")
     parser.add_argument("--topic", default="balance.events", help="with --kafka: the balance.events topic")
