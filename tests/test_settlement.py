@@ -522,3 +522,25 @@ def test_the_command_line_reports_a_gap_and_verify_finds_the_difference(tmp_path
     resolved = ledger("gaps", "--store", store, "--all", "--json")
     assert resolved.returncode == 0 and '"resolved":true' in resolved.stdout
     assert ledger("verify", "--source", str(whole), "--store", store).returncode == 0
+
+
+def test_a_cancel_that_lost_the_race_leaves_the_ended_order_alone(new_store: StoreFactory) -> None:
+    """The engine answers a cancel of an order that has just ended with OrderRejected
+    (UNKNOWN_ORDER); that answer must not rewrite how the order ended."""
+    from ledger.reasons import Reason
+    from matching.events import OrderRejected, OrderRested
+    from settlement.model import Projection, Write
+    from settlement.store import Checkpoint
+
+    store = new_store()
+    writes: list[Write] = []
+    Projection.engine_output(OrderRested(1, "X-Y", 10, 77, 5, Side.SELL, 100, 4), writes)
+    Projection.engine_output(OrderRejected(2, "X-Y", 12, 77, 5, int(Reason.UNKNOWN_ORDER)), writes)
+    Projection.engine_output(OrderRejected(3, "X-Y", 13, 78, 5, int(Reason.POST_ONLY_WOULD_TAKE)), writes)
+    store.commit(writes, Checkpoint("engine.outputs/X-Y", 3, 3))
+    store.flush()
+    q = Queries(store)
+    rested = q.order(77)
+    assert rested is not None and (rested["rested_qty"], rested["end_reason"]) == (4, None)
+    rejected = q.order(78)
+    assert rejected is not None and rejected["end_reason"] == int(Reason.POST_ONLY_WOULD_TAKE)

@@ -52,6 +52,7 @@ from ledger.events import (
 )
 from ledger.limits import FEE_ACCOUNT_USER
 from ledger.market import Asset, Symbol
+from ledger.reasons import Reason
 from matching.events import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 
 # Rows of one stream per partition bucket. A user's ledger partition for one asset gets at
@@ -72,6 +73,9 @@ _STATUS_BY_UNLOCK = {
     UNLOCK_EXPIRED: STATUS_EXPIRED,
     UNLOCK_REJECTED: STATUS_REJECTED,
 }
+
+# Engine rejections that answer something other than the order's own end.
+_NOT_AN_ORDER_END = frozenset((int(Reason.UNKNOWN_ORDER), int(Reason.DUPLICATE_ORDER_ID)))
 
 # Ledger row kinds (the ``balance_ledger.kind`` column).
 KIND_DEPOSIT = "deposit"
@@ -623,7 +627,11 @@ class Projection:
             r: OrderRested = output  # type: ignore[assignment]
             writes.append(Write("order_rested", (r.order_id, r.qty_remaining, r.seq), r.seq))
         elif kind is OrderCancelled or kind is OrderExpired or kind is OrderRejected:
-            writes.append(Write("order_ended", (output.order_id, output.reason, output.seq), output.seq))  # type: ignore[union-attr,assignment]
+            end: OrderCancelled = output  # type: ignore[assignment]
+            # A cancel that lost the race with the order's end (UNKNOWN_ORDER) says nothing
+            # about the order, which ended otherwise; nor does a rejected reuse of its id.
+            if kind is not OrderRejected or end.reason not in _NOT_AN_ORDER_END:
+                writes.append(Write("order_ended", (end.order_id, end.reason, end.seq), end.seq))
         elif kind is Trade:
             # Trades are projected once, settled, from balance.events (with amounts and
             # fees); the engine's copy adds nothing a reader needs.
