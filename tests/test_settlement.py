@@ -544,3 +544,42 @@ def test_a_cancel_that_lost_the_race_leaves_the_ended_order_alone(new_store: Sto
     assert rested is not None and (rested["rested_qty"], rested["end_reason"]) == (4, None)
     rejected = q.order(78)
     assert rejected is not None and rejected["end_reason"] == int(Reason.POST_ONLY_WOULD_TAKE)
+
+
+# -- saved fold state ---------------------------------------------------------------------
+
+
+def test_a_restart_reads_on_from_the_saved_state_and_writes_the_same_rows(new_store: StoreFactory) -> None:
+    events, outputs = workload_logs(seed=9, orders=600)
+    values = records(events)
+    cut = len(values) * 2 // 3
+    store = new_store()
+    # A first run over the first two thirds, saving the fold state every 100 events.
+    first = Projector(store, sources(log_of("balance.events", values[:cut]), outputs), state_every_events=100)
+    assert first.run().ok
+    saved = store.load_state("balance.events")
+    assert saved is not None and cut - 100 < saved.seq <= cut
+    # The restart starts from that state: it re-reads only what came after it.
+    second = Projector(store, sources(events, outputs), state_every_events=100)
+    report = second.run()
+    assert report.ok
+    balance = report.streams[0]
+    assert balance.restored_from_seq == saved.seq
+    assert balance.folded_without_writing == cut - saved.seq
+    assert balance.written == len(values) - cut
+    assert dump(store) == clean_dump(events, outputs)
+    assert verify_store(store, events).ok
+
+
+def test_an_unreadable_saved_state_is_refused_and_the_stream_folds_from_the_start(tmp_path) -> None:
+    from settlement.store import Checkpoint
+
+    events, outputs = workload_logs()
+    store = SQLiteStore(tmp_path / "p.db")
+    store.commit([], Checkpoint("balance.events", 5, 5), state=b"\x00not a state")
+    store.commit([], Checkpoint("balance.events", 3, 3))  # the checkpoint never goes back
+    assert store.checkpoint("balance.events").seq == 5
+    report = Projector(store, sources(events, outputs)).run()
+    # An undecodable state is refused (with a warning) and the stream folds from seq 1.
+    assert report.ok and report.streams[0].restored_from_seq == 0
+    assert report.streams[0].folded_without_writing == 5

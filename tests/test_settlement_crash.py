@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from ledger.demo import run_demo
@@ -47,7 +48,20 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 def project_command(root: Path, store_url: str) -> list[str]:
-    return [sys.executable, "-m", "ledger.cli", "project", "--log", str(root), "--store", store_url, "--json"]
+    # A saved fold state every 5,000 events: restarts begin from one, or from the start.
+    return [
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "project",
+        "--log",
+        str(root),
+        "--store",
+        store_url,
+        "--json",
+        "--state-every",
+        "5000",
+    ]
 
 
 def kill_repeatedly(root: Path, store_url: str, open_store: Any, rng: random.Random) -> list[int]:
@@ -93,6 +107,8 @@ def _events(root: Path) -> Any:
 def finish_and_check(root: Path, store_url: str, open_store: Any, reference: dict, seen: list[int]) -> None:
     final = subprocess.run(project_command(root, store_url), capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
+    balance = msgspec.json.decode(final.stdout)["streams"][0]
+    assert balance["restored_from_seq"] > 0, "the last restart should have begun from a saved state"
     store = open_store()
     try:
         last = store.checkpoint("balance.events")

@@ -188,7 +188,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sources, store = opened
     try:
-        report = Projector(store, sources, policy=args.policy).run(follow=args.follow, max_seconds=args.max_seconds)
+        options = {} if args.state_every is None else {"state_every_events": args.state_every}
+        projector = Projector(store, sources, policy=args.policy, **options)
+        report = projector.run(follow=args.follow, max_seconds=args.max_seconds)
     except (LogError, StoreError) as error:
         print(f"ledger project: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -326,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--policy", choices=["halt", "refetch"], default="halt", help="what a sequence gap does")
     pp.add_argument("--follow", action="store_true", help="keep projecting new records as they arrive")
     pp.add_argument("--max-seconds", type=float, help="with --follow: stop after this long")
+    pp.add_argument(
+        "--state-every",
+        type=int,
+        help="save the projector's fold state every N events of a stream, so a restart need not re-read "
+        "the stream from its start (0: never; default: settlement.projector.STATE_EVERY_EVENTS)",
+    )
     pp.set_defaults(run=_cmd_project)
 
     gp = sub.add_parser("gaps", help="list the sequence faults a projection recorded")

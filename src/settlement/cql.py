@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from settlement.model import DELETE, TABLES, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, StoreError, resolvable
+from settlement.store import Checkpoint, Fault, SavedState, StoreError, resolvable
 
 # Rows sent together in one UNLOGGED batch (one request). One request per row costs the
 # Python driver and the server far more than the rows themselves: measured here, 16-row
@@ -110,7 +110,9 @@ class CqlStore:
         self._writes: dict[str, Any] = {}
         self._reads: dict[tuple[str, int], Any] = {}
         # Commits go through one writer thread, in order (see ``commit``).
-        self._queue: queue.Queue[tuple[list[Write], Checkpoint] | None] = queue.Queue(PIPELINE_COMMITS_MAX)
+        self._queue: queue.Queue[tuple[list[Write], Checkpoint, bytes | None] | None] = queue.Queue(
+            PIPELINE_COMMITS_MAX
+        )
         self._writer: threading.Thread | None = None
         self._failure: StoreError | None = None
         self.setup()
@@ -132,6 +134,10 @@ class CqlStore:
         run(
             f'CREATE TABLE IF NOT EXISTS {ks}."stream_checkpoints" ("stream" text PRIMARY KEY, "seq" bigint, '
             '"next_offset" bigint)'
+        )
+        run(
+            f'CREATE TABLE IF NOT EXISTS {ks}."projector_states" ("stream" text PRIMARY KEY, "seq" bigint, '
+            '"next_offset" bigint, "state" blob)'
         )
         run(
             f'CREATE TABLE IF NOT EXISTS {ks}."sequence_gaps" ("stream" text, "expected" bigint, "kind" text, '
@@ -164,6 +170,15 @@ class CqlStore:
             f'SELECT "stream", "seq", "next_offset" FROM {ks}."stream_checkpoints" WHERE "stream" = ?'
         )
         self._checkpoint_read.consistency_level = self._consistency
+        self._state_write = prepare(
+            f'INSERT INTO {ks}."projector_states" ("stream", "seq", "next_offset", "state") VALUES (?, ?, ?, ?) '
+            "USING TIMESTAMP ?"
+        )
+        self._state_write.consistency_level = self._consistency
+        self._state_read = prepare(
+            f'SELECT "stream", "seq", "next_offset", "state" FROM {ks}."projector_states" WHERE "stream" = ?'
+        )
+        self._state_read.consistency_level = self._consistency
         self._fault_write = prepare(
             f'INSERT INTO {ks}."sequence_gaps" ("stream", "expected", "kind", "received", "detail", '
             '"first_seen_ms", "resolved") VALUES (?, ?, ?, ?, ?, ?, ?)'
@@ -183,7 +198,7 @@ class CqlStore:
             return statement, (write.version, *write.values)
         return statement, (*write.values, write.version)
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
+    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
         """Hand the commit to the writer thread and return; it is written (rows, then
         checkpoint, commits in order) while the caller prepares the next one. At most
         ``PIPELINE_COMMITS_MAX`` wait; a failed commit is raised by the next call here or
@@ -192,7 +207,7 @@ class CqlStore:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name=f"{self.name} writer", daemon=True)
             self._writer.start()
-        self._queue.put((list(writes), checkpoint))
+        self._queue.put((list(writes), checkpoint, state))
 
     def flush(self) -> None:
         """Wait until every commit handed over is written; raise the first failure."""
@@ -209,10 +224,10 @@ class CqlStore:
             if item is None:
                 self._queue.task_done()
                 return
-            writes, checkpoint = item
+            writes, checkpoint, state = item
             try:
                 if self._failure is None:
-                    self._commit_now(writes, checkpoint)
+                    self._commit_now(writes, checkpoint, state)
             except StoreError as error:
                 self._failure = error
             except Exception as error:  # noqa: BLE001 - surfaced to the projector, not lost
@@ -220,7 +235,7 @@ class CqlStore:
             finally:
                 self._queue.task_done()
 
-    def _commit_now(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
+    def _commit_now(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None) -> None:
         from cassandra.concurrent import execute_concurrent
         from cassandra.query import BatchStatement, BatchType
 
@@ -251,10 +266,20 @@ class CqlStore:
                 self._checkpoint_write,
                 (checkpoint.stream, checkpoint.seq, checkpoint.next_offset, checkpoint.seq),
             )
+            if state is not None:
+                self._session.execute(
+                    self._state_write,
+                    (checkpoint.stream, checkpoint.seq, checkpoint.next_offset, state, checkpoint.seq),
+                )
         except Exception as error:  # noqa: BLE001
             raise StoreError(
                 f"{self.name}: checkpoint of {checkpoint.stream} at seq {checkpoint.seq}: {error}"
             ) from None
+
+    def load_state(self, stream: str) -> SavedState | None:
+        self.flush()
+        row = self._session.execute(self._state_read, (stream,)).one()
+        return None if row is None else SavedState(row[0], row[1], row[2], bytes(row[3]))
 
     def checkpoint(self, stream: str) -> Checkpoint | None:
         self.flush()

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
+
 from ledger.commands import Side
 from ledger.events import (
     UNLOCK_CANCELLED,
@@ -262,12 +264,27 @@ def bucket_of(seq: int) -> int:
     return seq // BUCKET_SEQS
 
 
+# The layout of a saved projector state; a reader refuses any other.
+STATE_FORMAT = "projection-state-1"
+
+
+class _ProjectionState(msgspec.Struct, frozen=True, array_like=True):
+    format: str
+    filled: list[tuple[int, int]]
+    assets_of: list[tuple[str, str, str]]
+
+
+_STATE_ENCODER = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(_ProjectionState)
+
+
 class Projection:
     """The fold state the mapping needs beyond one event, and the mapping itself.
 
-    The only state is each open order's filled quantity (events carry a fill, not the
-    total), so the projector rebuilds it by folding its stream from the start; the store
-    is never read back. Everything else in a write comes from the event itself.
+    The state is each open order's filled quantity (events carry a fill, not the total)
+    and each symbol's assets (a trade names only its symbol). The projector rebuilds it
+    by folding its stream, from the start or from a saved ``snapshot``; the projected
+    rows are never read back. Everything else in a write comes from the event itself.
     """
 
     __slots__ = ("filled", "assets_of", "_buckets_written")
@@ -280,6 +297,29 @@ class Projection:
         # Bucket rows already written by this process: they are immutable, so writing
         # one again is pure cost. Grows with (user, asset) pairs and buckets in use.
         self._buckets_written: set[tuple[object, ...]] = set()
+
+    def snapshot(self) -> bytes:
+        """The fold state, canonically encoded (sorted), for ``restore``."""
+        state = _ProjectionState(
+            STATE_FORMAT,
+            sorted(self.filled.items()),
+            sorted((name, base, quote) for name, (base, quote) in self.assets_of.items()),
+        )
+        return _STATE_ENCODER.encode(state)
+
+    @classmethod
+    def restore(cls, data: bytes) -> Projection:
+        """A projection in the state ``snapshot`` saved."""
+        try:
+            state = _STATE_DECODER.decode(data)
+        except msgspec.DecodeError as error:
+            raise ProjectionError(f"saved projector state does not decode: {error}") from None
+        if state.format != STATE_FORMAT:
+            raise ProjectionError(f"saved projector state has format {state.format!r}, not {STATE_FORMAT!r}")
+        projection = cls()
+        projection.filled = dict(state.filled)
+        projection.assets_of = {name: (base, quote) for name, base, quote in state.assets_of}
+        return projection
 
     def _bucket(self, writes: list[Write], kind: str, values: tuple[object, ...]) -> None:
         key = (kind, *values)

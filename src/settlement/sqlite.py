@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from settlement.model import DELETE, IMMUTABLE, TABLES, VERSIONED, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, StoreError, resolvable
+from settlement.store import Checkpoint, Fault, SavedState, StoreError, resolvable
 
 _SQL_TYPES = {"bigint": "INTEGER", "int": "INTEGER", "boolean": "INTEGER", "text": "TEXT", "varint": "TEXT"}
 
@@ -124,6 +124,10 @@ class SQLiteStore:
             '"next_offset" INTEGER) WITHOUT ROWID'
         )
         db.execute(
+            'CREATE TABLE IF NOT EXISTS "projector_states" ("stream" TEXT PRIMARY KEY, "seq" INTEGER, '
+            '"next_offset" INTEGER, "state" BLOB) WITHOUT ROWID'
+        )
+        db.execute(
             'CREATE TABLE IF NOT EXISTS "sequence_gaps" ("stream" TEXT, "expected" INTEGER, "kind" TEXT, '
             '"received" INTEGER, "detail" TEXT, "first_seen_ms" INTEGER, "resolved" INTEGER, '
             'PRIMARY KEY ("stream", "expected", "kind")) WITHOUT ROWID'
@@ -135,7 +139,13 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else Checkpoint(*row)
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
+    def load_state(self, stream: str) -> SavedState | None:
+        row = self._db.execute(
+            'SELECT "stream", "seq", "next_offset", "state" FROM "projector_states" WHERE "stream" = ?', (stream,)
+        ).fetchone()
+        return None if row is None else SavedState(row[0], row[1], row[2], bytes(row[3]))
+
+    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
         db = self._db
         statements = self._statements
         try:
@@ -158,6 +168,13 @@ class SQLiteStore:
                     'WHERE excluded."seq" >= "stream_checkpoints"."seq"',
                     (checkpoint.stream, checkpoint.seq, checkpoint.next_offset),
                 )
+                if state is not None:
+                    db.execute(
+                        'INSERT INTO "projector_states" VALUES (?, ?, ?, ?) ON CONFLICT ("stream") DO UPDATE SET '
+                        '"seq" = excluded."seq", "next_offset" = excluded."next_offset", "state" = excluded."state" '
+                        'WHERE excluded."seq" >= "projector_states"."seq"',
+                        (checkpoint.stream, checkpoint.seq, checkpoint.next_offset, state),
+                    )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

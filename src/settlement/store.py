@@ -42,6 +42,16 @@ class Checkpoint(msgspec.Struct, frozen=True):
     next_offset: int
 
 
+class SavedState(msgspec.Struct, frozen=True):
+    """The projector's fold state of a stream after the event with ``seq``; reading on
+    from ``next_offset`` continues it (``settlement.model.Projection.restore``)."""
+
+    stream: str
+    seq: int
+    next_offset: int
+    state: bytes
+
+
 class Fault(msgspec.Struct, frozen=True):
     """A sequence fault found in a stream. For a gap the missing range is
     ``expected .. received - 1``; for a conflict, ``expected`` is the seq whose payload
@@ -89,8 +99,13 @@ class Store(Protocol):
         """The stream's checkpoint, or None if nothing was applied yet."""
         ...
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint) -> None:
-        """Apply ``writes``, then (only once they all succeeded) store ``checkpoint``."""
+    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
+        """Apply ``writes``, then (only once they all succeeded) store ``checkpoint``, and
+        with it ``state``: the projector's fold state at the checkpoint, if given."""
+        ...
+
+    def load_state(self, stream: str) -> SavedState | None:
+        """The last fold state saved for ``stream``, or None."""
         ...
 
     def flush(self) -> None:
