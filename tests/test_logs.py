@@ -154,3 +154,46 @@ def test_fsync_always_syncs(tmp_path: Path, monkeypatch) -> None:
         before = len(calls)
         log.append([b"x"])
         assert len(calls) == before
+
+
+def test_a_crash_while_creating_a_segment_leaves_every_offset_readable(tmp_path: Path) -> None:
+    """The segment file was cut inside its header; the reopened writer must index the
+    records it then appends from the first one (a stale entry once made every read past
+    INDEX_STRIDE_RECORDS return records from the segment's start)."""
+    from ledger.limits import INDEX_STRIDE_RECORDS
+
+    (tmp_path / "00000000000000000000.seg").write_bytes(b"LEDG")
+    log = FileLog(tmp_path, fsync=FsyncPolicy.NEVER)
+    count = INDEX_STRIDE_RECORDS + 10
+    log.append([str(i).encode() for i in range(count)])
+    for offset in (0, INDEX_STRIDE_RECORDS - 1, INDEX_STRIDE_RECORDS, count - 1):
+        assert log.read(offset, 1).values == [str(offset).encode()]
+    log.close()
+
+
+def test_a_read_only_log_follows_its_writer_batch_by_batch(tmp_path: Path) -> None:
+    """Another process's reader sees complete batches as they land, across segment
+    rollovers, and never a batch still being written."""
+    writer = FileLog(tmp_path, fsync=FsyncPolicy.NEVER, segment_bytes_max=4096)
+    reader = FileLog(tmp_path, readonly=True)
+    assert reader.end_offset() == 0
+    written: list[bytes] = []
+    for batch in range(40):
+        records = [f"{batch}-{i}".encode() * 10 for i in range(7)]
+        writer.append(records)
+        written += records
+        assert reader.end_offset() == len(written)
+    assert len(list(tmp_path.glob("*.seg"))) > 3, "the test must cross segment rollovers"
+    assert [v for b in scan(reader) for v in b.values] == written
+    # A batch whose last frame is not there yet stays invisible, then appears whole.
+    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    whole = segment.read_bytes()
+    writer.append([b"x" * 50, b"y" * 50])
+    complete = segment.read_bytes()
+    segment.write_bytes(complete[: len(whole) + FRAME_BYTES + 50 + 5])
+    assert reader.end_offset() == len(written)
+    segment.write_bytes(complete)
+    assert reader.end_offset() == len(written) + 2
+    assert reader.read(len(written), 2).values == [b"x" * 50, b"y" * 50]
+    writer.close()
+    reader.close()

@@ -583,3 +583,72 @@ def test_an_unreadable_saved_state_is_refused_and_the_stream_folds_from_the_star
     # An undecodable state is refused (with a warning) and the stream folds from seq 1.
     assert report.ok and report.streams[0].restored_from_seq == 0
     assert report.streams[0].folded_without_writing == 5
+
+
+def test_following_file_logs_written_by_another_process(tmp_path) -> None:
+    """`ledger project --follow` in its own process picks up batches as a writer appends
+    them to the file logs, and ends with the same rows as a one-shot projection."""
+    import subprocess
+    import sys
+    import time
+
+    from ledger import FileLog, FsyncPolicy
+
+    events, outputs = workload_logs(seed=5, orders=300)
+    root = tmp_path / "live"
+    logs = {"balance.events": FileLog(root / "balance.events", fsync=FsyncPolicy.NEVER)}
+    for symbol in outputs:
+        logs[f"engine.outputs/{symbol}"] = FileLog(root / "engine.outputs" / symbol, fsync=FsyncPolicy.NEVER)
+    path = tmp_path / "follow.db"
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "project",
+            "--follow",
+            "--max-seconds",
+            "30",
+            "--source",
+            str(root),
+            "--store",
+            f"sqlite:{path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        pending = {"balance.events": records(events)}
+        pending.update({f"engine.outputs/{s}": records(o) for s, o in outputs.items()})
+        logs["balance.events"].append(pending["balance.events"][:40])
+        del pending["balance.events"][:40]
+        # Everything else is appended only once the follower has projected the first
+        # batch: it must see records that arrive after it opened the logs.
+        deadline = time.monotonic() + 25
+        first = None
+        while time.monotonic() < deadline and (first is None or first.seq < 40):
+            time.sleep(0.02)
+            first = SQLiteStore(path).checkpoint("balance.events") if path.exists() else None
+        assert first is not None and first.seq == 40, "the follower never projected the first batch"
+        while any(pending.values()):
+            for name, values in pending.items():
+                logs[name].append(values[:40])
+                del values[:40]
+            time.sleep(0.01)
+        finals = {"balance.events": events.end_offset()}
+        finals.update({f"engine.outputs/{s}": o.end_offset() for s, o in outputs.items()})
+        store = SQLiteStore(path)
+
+        def caught_up() -> bool:
+            return all((c := store.checkpoint(name)) is not None and c.seq == seq for name, seq in finals.items())
+
+        deadline = time.monotonic() + 25
+        while not caught_up() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert caught_up(), {name: store.checkpoint(name) for name in finals}
+        assert dump(store) == clean_dump(events, outputs)
+    finally:
+        follower.kill()
+        follower.wait(timeout=30)
+        for log in logs.values():
+            log.close()

@@ -147,7 +147,8 @@ class FileLog:
                 with open(segment.path, "wb") as f:
                     f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, SCHEMA_VERSION))
                     os.fsync(f.fileno())
-            segment.count, segment.index, segment.size = 0, [HEADER_BYTES], HEADER_BYTES
+            # The index gets its first entry with the first record, as for a new segment.
+            segment.count, segment.index, segment.size = 0, [], HEADER_BYTES
             return
         self._check_header(segment, data)
         index: list[int] = []
@@ -225,9 +226,7 @@ class FileLog:
         for record in records:
             left -= 1
             if len(record) > RECORD_BYTES_MAX:
-                raise LogError(
-                    f"{self.name}: record of {len(record)} bytes over RECORD_BYTES_MAX {RECORD_BYTES_MAX}"
-                )
+                raise LogError(f"{self.name}: record of {len(record)} bytes over RECORD_BYTES_MAX {RECORD_BYTES_MAX}")
             head = struct.pack("<II", len(record), left)
             parts.append(head)
             parts.append(struct.pack("<I", _frame_crc(head, record)))
@@ -254,10 +253,75 @@ class FileLog:
         segment.size = position
         return first
 
+    # -- following a writer (read-only) ---------------------------------------------
+
+    def _refresh(self) -> None:
+        """Take in complete batches appended since the last look, in the last segment
+        and in segments created since. A batch still being written stays invisible."""
+        while True:
+            if self._segments:
+                last = self._segments[-1]
+                try:
+                    size = os.stat(last.path).st_size
+                except FileNotFoundError:
+                    raise LogError(f"{self.name}: {last.path.name} disappeared") from None
+                if size > last.size:
+                    self._scan_tail(last, size)
+                if last.count == 0:
+                    return
+                base = last.base + last.count
+            else:
+                base = 0
+            # A writer starts a segment only after its previous one holds complete
+            # batches, and names it by the offset that follows them.
+            following = _Segment(base, self.path / f"{base:020d}{_SUFFIX}")
+            try:
+                with open(following.path, "rb") as f:
+                    header = f.read(HEADER_BYTES)
+            except FileNotFoundError:
+                return
+            if len(header) < HEADER_BYTES:
+                return  # being created
+            self._check_header(following, header)
+            following.count, following.index, following.size = 0, [], HEADER_BYTES
+            self._segments.append(following)
+            self._bases.append(base)
+
+    def _scan_tail(self, segment: _Segment, size: int) -> None:
+        """Extend ``segment`` by the complete batches between its known end and ``size``."""
+        assert segment.index is not None
+        with open(segment.path, "rb") as f:
+            f.seek(segment.size)
+            data = f.read(size - segment.size)
+        position, count = 0, segment.count
+        index = segment.index
+        committed_position, committed_count, committed_index = 0, count, len(index)
+        end = len(data)
+        while end - position >= FRAME_BYTES:
+            length, left, crc = _FRAME.unpack_from(data, position)
+            payload_end = position + FRAME_BYTES + length
+            if (
+                payload_end > end
+                or _frame_crc(data[position : position + 8], data[position + FRAME_BYTES : payload_end]) != crc
+            ):
+                break  # not all written yet (a real corruption is caught when read)
+            if count % INDEX_STRIDE_RECORDS == 0:
+                index.append(segment.size + position)
+            count += 1
+            position = payload_end
+            if left == 0:
+                committed_position, committed_count, committed_index = position, count, len(index)
+        del index[committed_index:]
+        segment.count = committed_count
+        segment.size += committed_position
+
     # -- reading --------------------------------------------------------------------
 
     def end_offset(self) -> int:
-        """The offset the next record will get."""
+        """The offset the next record will get. A read-only log first takes in the
+        batches a writer (another process) has completed since it last looked."""
+        if self.readonly:
+            self._refresh()
         if not self._segments:
             return 0
         last = self._segments[-1]
@@ -335,9 +399,7 @@ class FileLog:
                 if current >= offset:
                     payload = data[at + FRAME_BYTES : stop]
                     if crc32(payload, crc32(data[at : at + 8])) != crc:
-                        raise CorruptRecordError(
-                            f"{self.name}: record at offset {current} fails its checksum", current
-                        )
+                        raise CorruptRecordError(f"{self.name}: record at offset {current} fails its checksum", current)
                     values.append(payload)
                 current += 1
                 at = stop
