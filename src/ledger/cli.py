@@ -19,6 +19,7 @@ verify; the reason is printed); 2 for bad usage, an unreadable log or store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,17 +188,27 @@ def _cmd_project(args: argparse.Namespace) -> int:
     if opened is None:
         return EXIT_USAGE
     sources, store = opened
+    projector = None
     try:
-        options = {} if args.state_every is None else {"state_every_events": args.state_every}
+        options: dict[str, Any] = {} if args.state_every is None else {"state_every_events": args.state_every}
+        directory = args.source if args.source and not args.source.startswith("kafka://") else args.log
+        if args.follow and directory is not None:
+            from settlement.projector import file_sources
+
+            # Symbols listed while following get their engine.outputs projected too.
+            options["discover"] = lambda known: file_sources(directory.removeprefix("file:"), known)
         projector = Projector(store, sources, policy=args.policy, **options)
         report = projector.run(follow=args.follow, max_seconds=args.max_seconds)
     except (LogError, StoreError) as error:
         print(f"ledger project: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        for source in sources:
+        # Streams found while following are the projector's; close those too.
+        for source in [s.source for s in projector.streams] if projector is not None else sources:
             source.log.close()
-        store.close()
+        # run() writes everything before it returns; a store failure was reported above.
+        with contextlib.suppress(StoreError):
+            store.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:
@@ -264,7 +275,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     finally:
         for source in sources:
             source.log.close()
-        store.close()
+        with contextlib.suppress(StoreError):
+            store.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:

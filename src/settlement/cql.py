@@ -41,8 +41,8 @@ IN_FLIGHT_MAX = 8
 # Commits waiting for the writer thread while the projector prepares the next: the
 # projector's decoding and mapping overlap the server's work on the previous commit.
 PIPELINE_COMMITS_MAX = 2
-# Times a batch's failed writes are sent again (they are idempotent) before the commit
-# fails and the checkpoint stays where it was.
+# Attempts in all at a batch's writes (they are idempotent) before the commit fails and
+# the checkpoint stays where it was.
 WRITE_TRIES_MAX = 3
 # Per-request timeout.
 REQUEST_TIMEOUT_S = 30.0
@@ -166,6 +166,7 @@ class CqlStore:
             f'INSERT INTO {ks}."stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) USING TIMESTAMP ?'
         )
         self._checkpoint_write.consistency_level = self._consistency
+        self._checkpoint_write.is_idempotent = True  # versioned by USING TIMESTAMP seq
         self._checkpoint_read = prepare(
             f'SELECT "stream", "seq", "next_offset" FROM {ks}."stream_checkpoints" WHERE "stream" = ?'
         )
@@ -175,6 +176,7 @@ class CqlStore:
             "USING TIMESTAMP ?"
         )
         self._state_write.consistency_level = self._consistency
+        self._state_write.is_idempotent = True
         self._state_read = prepare(
             f'SELECT "stream", "seq", "next_offset", "state" FROM {ks}."projector_states" WHERE "stream" = ?'
         )
@@ -184,7 +186,11 @@ class CqlStore:
             '"first_seen_ms", "resolved") VALUES (?, ?, ?, ?, ?, ?, ?)'
         )
         self._fault_reopen = prepare(
-            f'UPDATE {ks}."sequence_gaps" SET "resolved" = ? WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
+            f'UPDATE {ks}."sequence_gaps" SET "received" = ?, "detail" = ?, "resolved" = ? '
+            'WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
+        )
+        self._fault_resolve = prepare(
+            f'UPDATE {ks}."sequence_gaps" SET "resolved" = true WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
         )
         self._fault_lookup = prepare(
             f'SELECT "first_seen_ms" FROM {ks}."sequence_gaps" WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
@@ -215,8 +221,16 @@ class CqlStore:
         self._raise_failure()
 
     def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        if self._failure is None:
+            return
+        # The writer skips every commit while a failure stands; wait until it has gone
+        # through all that were handed over, so none after the failed one is written.
+        # Then raise it once and clear it: no checkpoint moved past the failed commit, so
+        # a new Projector on this store resumes cleanly.
+        self._queue.join()
+        failure, self._failure = self._failure, None
+        assert failure is not None
+        raise failure
 
     def _write_loop(self) -> None:
         while True:
@@ -287,7 +301,7 @@ class CqlStore:
         return None if row is None else Checkpoint(row[0], row[1], row[2])
 
     def record_fault(self, fault: Fault) -> None:
-        # Keep the first detection's time and detail; a later detection only re-opens it.
+        # Keep the first detection's time; a later detection updates the range and re-opens it.
         found = self._session.execute(self._fault_lookup, (fault.stream, fault.expected, fault.kind)).one()
         if found is None:
             self._session.execute(
@@ -303,12 +317,15 @@ class CqlStore:
                 ),
             )
         else:
-            self._session.execute(self._fault_reopen, (fault.resolved, fault.stream, fault.expected, fault.kind))
+            self._session.execute(
+                self._fault_reopen,
+                (fault.received, fault.detail, fault.resolved, fault.stream, fault.expected, fault.kind),
+            )
 
     def resolve_faults(self, stream: str, applied_seq: int) -> list[Fault]:
         found = resolvable(self.faults(open_only=True), stream, applied_seq)
         for f in found:
-            self._session.execute(self._fault_reopen, (True, f.stream, f.expected, f.kind))
+            self._session.execute(self._fault_resolve, (f.stream, f.expected, f.kind))
         return found
 
     def faults(self, open_only: bool = True) -> list[Fault]:

@@ -161,7 +161,9 @@ TABLES: dict[str, Table] = {
                 "side:int price:bigint qty:bigint base_amount:varint quote_amount:varint fee:varint"
             ),
             ("user", "bucket"),
-            ("seq",),
+            # Both sides of a trade have the same seq; were they ever the same user (the
+            # engine prevents self-trades today) the maker flag keeps the rows apart.
+            ("seq", "maker"),
         ),
         Table("user_trade_buckets", _cols("user:bigint bucket:int"), ("user",), ("bucket",)),
         Table(
@@ -170,7 +172,7 @@ TABLES: dict[str, Table] = {
                 "order_id:bigint user:bigint symbol:text side:int order_type:int tif:int price:bigint qty:bigint "
                 "quote_budget:varint lock_asset:text lock_amount:varint accepted_seq:bigint "
                 "status:text filled_qty:bigint status_seq:bigint "
-                "rested_qty:bigint end_reason:int engine_seq:bigint"
+                "rested_qty:bigint rested_seq:bigint end_reason:int ended_seq:bigint"
             ),
             ("order_id",),
         ),
@@ -236,8 +238,8 @@ WRITE_KINDS: dict[str, WriteKind] = {
         WriteKind(
             "order_status", "orders", ("order_id", "status", "filled_qty", "status_seq"), VERSIONED, "status_seq"
         ),
-        WriteKind("order_rested", "orders", ("order_id", "rested_qty", "engine_seq"), VERSIONED, "engine_seq"),
-        WriteKind("order_ended", "orders", ("order_id", "end_reason", "engine_seq"), VERSIONED, "engine_seq"),
+        WriteKind("order_rested", "orders", ("order_id", "rested_qty", "rested_seq"), VERSIONED, "rested_seq"),
+        WriteKind("order_ended", "orders", ("order_id", "end_reason", "ended_seq"), VERSIONED, "ended_seq"),
         WriteKind(
             "open_order",
             "open_orders",
@@ -475,6 +477,11 @@ class Projection:
         writes.append(Write("close_order", (user, order_id), seq))
 
     def _trade(self, e: TradeSettled, writes: list[Write] | None) -> None:
+        # Check first: an event that fails must leave the fold state as it was (a state
+        # saved with the checkpoint before it would otherwise carry half of it).
+        assets = self.assets_of.get(e.symbol)
+        if assets is None:
+            raise ProjectionError(f"trade {e.trade_id} (seq {e.seq}) of symbol {e.symbol}, which was never listed")
         filled = self.filled
         qty = e.qty
         # -1: the order was accepted before this projection's first event (see _end).
@@ -504,9 +511,6 @@ class Projection:
             maker_base, maker_quote = -e.base_amount, e.quote_amount - e.maker_fee
             taker_base, taker_quote = e.base_amount - e.taker_fee, -e.quote_amount
             fee_base, fee_quote = e.taker_fee, e.maker_fee
-        assets = self.assets_of.get(symbol)
-        if assets is None:
-            raise ProjectionError(f"trade {trade_id} (seq {seq}) of symbol {symbol}, which was never listed")
         base, quote = assets
         led = self._ledger
         led(
@@ -655,7 +659,10 @@ class Projection:
         seq = e.seq
         if e.amount:
             self._ledger(writes, e.user, e.asset, seq, 0, KIND_UNLOCK, 0, e.available, e.locked, e.symbol, e.order_id)
-        self._end(writes, e.user, e.order_id, _STATUS_BY_UNLOCK.get(e.reason, STATUS_CANCELLED), seq)
+        if e.reason != UNLOCK_FILLED:
+            self._end(writes, e.user, e.order_id, _STATUS_BY_UNLOCK.get(e.reason, STATUS_CANCELLED), seq)
+        # else: the trade that filled the order ended it (status and filled quantity);
+        # this only returns what it had left locked (a market buy's unspent budget).
 
     # -- engine.outputs -----------------------------------------------------------------
 

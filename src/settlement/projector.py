@@ -66,6 +66,9 @@ REFETCH_BACKOFF_MS_MAX = 2_000
 STATE_EVERY_EVENTS = 100_000
 # Pause between polls of sources that had nothing new, when following.
 FOLLOW_IDLE_MS = 20
+# How often a following projector asks for streams that appeared since it started (a
+# symbol listed meanwhile gets its engine.outputs).
+DISCOVER_EVERY_MS = 1_000
 
 HALT = "halt"
 REFETCH = "refetch"
@@ -127,13 +130,13 @@ class _Stream:
         "window",
         "window_order",
         "tries",
-        "has_open_gaps",
+        "has_open_faults",
         "projection",
         "state_seq",
     )
 
     def __init__(
-        self, source: Source, checkpoint: Checkpoint | None, saved: SavedState | None, has_open_gaps: bool
+        self, source: Source, checkpoint: Checkpoint | None, saved: SavedState | None, has_open_faults: bool
     ) -> None:
         self.source = source
         self.applied = checkpoint.seq if checkpoint else 0
@@ -144,7 +147,7 @@ class _Stream:
         self.window: dict[int, bytes] = {}
         self.window_order: deque[int] = deque()
         self.tries = 0
-        self.has_open_gaps = has_open_gaps
+        self.has_open_faults = has_open_faults
         self.projection = Projection()
         self.state_seq = 0
         # A saved state is only ever written with a checkpoint at its seq; one ahead of
@@ -175,6 +178,7 @@ class Projector:
         clock: Callable[[], int] = now_ms,
         sleep: Callable[[float], None] = time.sleep,
         state_every_events: int = STATE_EVERY_EVENTS,
+        discover: Callable[[set[str]], list[Source]] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r}: use one of {', '.join(POLICIES)}")
@@ -189,18 +193,32 @@ class Projector:
         if state_every_events < 0:
             raise ValueError(f"state_every_events {state_every_events} is negative")
         self.state_every_events = state_every_events
+        self.discover = discover
         self.store = store
         self.policy = policy
         self.batch_events = batch_events
         self.clock = clock
         self.sleep = sleep
         store.setup()
-        open_streams = {f.stream for f in store.faults(open_only=True) if f.kind == FAULT_GAP}
-        self.streams = [
-            _Stream(s, store.checkpoint(s.stream), store.load_state(s.stream), s.stream in open_streams)
-            for s in sources
-        ]
+        open_streams = {f.stream for f in store.faults(open_only=True)}
+        self._open_gap_streams = open_streams
+        self.streams = [self._new_stream(s) for s in sources]
         self._stop = False
+
+    def _new_stream(self, source: Source) -> _Stream:
+        store = self.store
+        stream = source.stream
+        return _Stream(source, store.checkpoint(stream), store.load_state(stream), stream in self._open_gap_streams)
+
+    def _discover(self) -> None:
+        assert self.discover is not None
+        known = {s.source.stream for s in self.streams}
+        for source in self.discover(known):
+            if source.stream in known:
+                raise ValueError(f"discover returned {source.stream}, which is already projected")
+            log.warning("stream %s: found while following; projecting it too", source.stream)
+            self.streams.append(self._new_stream(source))
+            known.add(source.stream)
 
     def stop(self) -> None:
         """Ask a following ``run`` to return after its current batch."""
@@ -215,6 +233,7 @@ class Projector:
         checkpoint stays before the failed commit. Make a new ``Projector`` to go on: it
         resumes from the store's checkpoint."""
         started = time.monotonic()
+        discovered_at = started
         while not self._stop:
             progressed = False
             live = [s for s in self.streams if not s.report.halted]
@@ -234,6 +253,10 @@ class Projector:
                 # Nothing new: let a pipelining store finish what it holds, so a quiet
                 # stream's last events are not left waiting for the next ones.
                 self.store.flush()
+                now = time.monotonic()
+                if self.discover is not None and now - discovered_at >= DISCOVER_EVERY_MS / 1000:
+                    discovered_at = now
+                    self._discover()
                 self.sleep(FOLLOW_IDLE_MS / 1000)
         self.store.flush()
         reports = [s.report for s in self.streams]
@@ -272,13 +295,33 @@ class Projector:
                 break
             seq = item.seq
             folded = stream.folded
+            if seq < 1:
+                fault = self._fault(
+                    stream, FAULT_MALFORMED, folded + 1, seq, f"{where} offset {offset}: seq {seq} (seqs start at 1)"
+                )
+                break
             if seq <= folded:
                 known = window.get(seq)
                 if known is None:
+                    # Older than this process's window: it cannot be compared, so it is
+                    # counted and reported, never applied.
                     report.duplicates_unverified += 1
+                    log.warning(
+                        "stream %s: %s offset %d: seq %d again, older than the comparison window; skipped",
+                        source.stream,
+                        where,
+                        offset,
+                        seq,
+                    )
                 elif known != raw:
+                    # received: where the stream stood; the fault is resolved once a later
+                    # run over a repaired log gets past it.
                     fault = self._fault(
-                        stream, FAULT_CONFLICT, seq, seq, f"{where} offset {offset}: seq {seq} again with other bytes"
+                        stream,
+                        FAULT_CONFLICT,
+                        seq,
+                        folded,
+                        f"{where} offset {offset}: seq {seq} again with other bytes (after seq {folded})",
                     )
                     break
                 else:
@@ -318,17 +361,19 @@ class Projector:
                 del window[window_order.popleft()]
         else:
             stream.next_offset = max(stream.next_offset, batch.next_offset)
-        self._flush(stream, writes)
+        self._flush(stream, writes, save_state=fault is None)
         if fault is not None:
             self._after_fault(stream, fault)
         return True
 
-    def _flush(self, stream: _Stream, writes: list[Write]) -> None:
+    def _flush(self, stream: _Stream, writes: list[Write], save_state: bool = True) -> None:
         if stream.folded <= stream.applied:
             return
         checkpoint = Checkpoint(stream.source.stream, stream.folded, stream.next_offset)
         state = None
-        if self.state_every_events and stream.folded - stream.state_seq >= self.state_every_events:
+        # Never after a fault in the batch: the fold state is only saved from a batch
+        # that ended cleanly.
+        if save_state and self.state_every_events and stream.folded - stream.state_seq >= self.state_every_events:
             state = stream.projection.snapshot()
             stream.state_seq = stream.folded
         try:
@@ -340,20 +385,32 @@ class Projector:
         stream.applied = stream.folded
         stream.report.applied_seq = stream.applied
         stream.tries = 0
-        if stream.has_open_gaps:
-            self.store.flush()  # a gap is resolved only once its missing rows are written
+        if stream.has_open_faults:
+            self.store.flush()  # a fault is resolved only once the rows after it are written
             for resolved in self.store.resolve_faults(stream.source.stream, stream.applied):
                 log.warning("stream %s: gap from seq %d resolved", resolved.stream, resolved.expected)
-            stream.has_open_gaps = any(
-                f.stream == stream.source.stream and f.kind == FAULT_GAP for f in self.store.faults(open_only=True)
-            )
+            stream.has_open_faults = any(f.stream == stream.source.stream for f in self.store.faults(open_only=True))
 
     def _fault(self, stream: _Stream, kind: str, expected: int, received: int, detail: str) -> Fault:
         fault = Fault(stream.source.stream, expected, kind, received, detail, self.clock())
-        self.store.record_fault(fault)
         if kind == FAULT_GAP:
-            stream.has_open_gaps = True
-        stream.report.faults += 1
+            # An open gap of this stream that began earlier has been partly filled (the
+            # stream got past its start): this one, recorded now, is what is left of it.
+            for old in self.store.faults(open_only=True):
+                if old.stream == fault.stream and old.kind == FAULT_GAP and old.expected < expected:
+                    self.store.record_fault(
+                        msgspec.structs.replace(
+                            old,
+                            resolved=True,
+                            detail=f"{old.detail}; seqs up to "
+                            f"{expected - 1} arrived, the rest is the gap from {expected}",
+                        )
+                    )
+        self.store.record_fault(fault)
+        stream.has_open_faults = True
+        previous = stream.report.fault
+        if previous is None or (previous.kind, previous.expected) != (kind, expected):
+            stream.report.faults += 1  # a refetch finding the same fault again is not a new one
         stream.report.fault = fault
         log.warning("stream %s: %s: %s", fault.stream, kind, detail)
         return fault
@@ -370,9 +427,10 @@ class Projector:
         log.error("stream %s halted at seq %d: %s", stream.source.stream, stream.folded, fault.detail)
 
 
-def file_sources(directory: str) -> list[Source]:
+def file_sources(directory: str, skip: set[str] | frozenset[str] = frozenset()) -> list[Source]:
     """The streams of a file-log directory laid out as ``ledger demo`` writes it:
-    ``balance.events`` and ``engine.outputs/<symbol>``."""
+    ``balance.events`` and ``engine.outputs/<symbol>``, less those named in ``skip``
+    (``file_sources(d, known)`` as a ``Projector``'s ``discover`` finds new symbols)."""
     from pathlib import Path
 
     from ledger.filelog import FileLog
@@ -380,11 +438,15 @@ def file_sources(directory: str) -> list[Source]:
     root = Path(directory)
     if not (root / "balance.events").is_dir():
         raise ValueError(f"{root}: no balance.events log here")
-    sources = [Source("balance.events", FileLog(root / "balance.events", readonly=True), BALANCE)]
+    sources = []
+    if "balance.events" not in skip:
+        sources.append(Source("balance.events", FileLog(root / "balance.events", readonly=True), BALANCE))
     outputs = root / "engine.outputs"
     if outputs.is_dir():
         for path in sorted(p for p in outputs.iterdir() if p.is_dir()):
-            sources.append(Source(f"engine.outputs/{path.name}", FileLog(path, readonly=True), ENGINE, path.name))
+            name = f"engine.outputs/{path.name}"
+            if name not in skip:
+                sources.append(Source(name, FileLog(path, readonly=True), ENGINE, path.name))
     return sources
 
 

@@ -188,11 +188,12 @@ class SQLiteStore:
         """Nothing to wait for: a commit is written when ``commit`` returns."""
 
     def record_fault(self, fault: Fault) -> None:
-        # The first detection's time and detail are kept; a later detection of the same
-        # fault (a retry, a restart) only re-opens it.
+        # The first detection's time is kept; a later detection of the same fault (a
+        # retry, a restart, a partly repaired log) updates its range and re-opens it.
         self._db.execute(
             'INSERT INTO "sequence_gaps" VALUES (?, ?, ?, ?, ?, ?, ?) '
-            'ON CONFLICT ("stream", "expected", "kind") DO UPDATE SET "resolved" = excluded."resolved"',
+            'ON CONFLICT ("stream", "expected", "kind") DO UPDATE SET "received" = excluded."received", '
+            '"detail" = excluded."detail", "resolved" = excluded."resolved"',
             (
                 fault.stream,
                 fault.expected,

@@ -54,10 +54,12 @@ class SavedState(msgspec.Struct, frozen=True):
 
 class Fault(msgspec.Struct, frozen=True):
     """A sequence fault found in a stream. For a gap the missing range is
-    ``expected .. received - 1``; for a conflict, ``expected`` is the seq whose payload
-    differs; for a malformed record, ``expected`` is the seq that was due and ``detail``
-    names the log and offset. ``first_seen_ms`` is wall-clock time of detection (metadata,
-    never a key)."""
+    ``expected .. received - 1``; for a conflict, ``expected`` is the seq that came again
+    with other bytes and ``received`` the last seq taken in when it did; for a malformed
+    record, ``expected`` is the seq that was due (``received`` the seq it carried, or -1
+    if it did not decode). ``detail`` names the log and offset. ``first_seen_ms`` is the
+    wall-clock time of the first detection (metadata, never a key); a later detection of
+    the same fault updates ``received`` and ``detail``."""
 
     stream: str
     expected: int
@@ -76,10 +78,18 @@ class Fault(msgspec.Struct, frozen=True):
 
 
 def resolvable(faults: list[Fault], stream: str, applied_seq: int) -> list[Fault]:
-    """The stream's open gaps whose missing seqs are all applied by ``applied_seq``."""
-    return [
-        f for f in faults if not f.resolved and f.stream == stream and f.kind == FAULT_GAP and f.expected <= applied_seq
-    ]
+    """The stream's open faults that ``applied_seq`` has put behind it: a gap once all
+    its missing seqs are applied, a malformed record once the seq it stood for is, a
+    conflict once the stream has gone past where it stopped it."""
+
+    def behind(f: Fault) -> bool:
+        if f.kind == FAULT_GAP:
+            return f.received - 1 <= applied_seq
+        if f.kind == FAULT_CONFLICT:
+            return f.received < applied_seq
+        return f.expected <= applied_seq
+
+    return [f for f in faults if not f.resolved and f.stream == stream and behind(f)]
 
 
 class StoreError(Exception):
