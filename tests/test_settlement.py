@@ -593,7 +593,8 @@ def test_an_unreadable_saved_state_is_refused_and_the_stream_folds_from_the_star
 
 def test_following_file_logs_written_by_another_process(tmp_path) -> None:
     """`ledger project --follow` in its own process picks up batches as a writer appends
-    them to the file logs, and ends with the same rows as a one-shot projection."""
+    them to the file logs, finds a symbol's engine.outputs that appears meanwhile, and
+    ends with the same rows as a one-shot projection."""
     import subprocess
     import sys
     import time
@@ -602,9 +603,9 @@ def test_following_file_logs_written_by_another_process(tmp_path) -> None:
 
     events, outputs = workload_logs(seed=5, orders=300)
     root = tmp_path / "live"
+    first_symbol, late_symbol = sorted(outputs)
     logs = {"balance.events": FileLog(root / "balance.events", fsync=FsyncPolicy.NEVER)}
-    for symbol in outputs:
-        logs[f"engine.outputs/{symbol}"] = FileLog(root / "engine.outputs" / symbol, fsync=FsyncPolicy.NEVER)
+    logs[f"engine.outputs/{first_symbol}"] = FileLog(root / "engine.outputs" / first_symbol, fsync=FsyncPolicy.NEVER)
     path = tmp_path / "follow.db"
     follower = subprocess.Popen(
         [
@@ -636,6 +637,8 @@ def test_following_file_logs_written_by_another_process(tmp_path) -> None:
             time.sleep(0.02)
             first = SQLiteStore(path).checkpoint("balance.events") if path.exists() else None
         assert first is not None and first.seq == 40, "the follower never projected the first batch"
+        # A symbol's output log that did not exist when the follower started.
+        logs[f"engine.outputs/{late_symbol}"] = FileLog(root / "engine.outputs" / late_symbol, fsync=FsyncPolicy.NEVER)
         while any(pending.values()):
             for name, values in pending.items():
                 logs[name].append(values[:40])
