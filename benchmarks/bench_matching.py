@@ -1,6 +1,6 @@
 """The matching engine alone, against liquibook and lightmatchingengine, on one stream.
 
-    pip install liquibook lightmatchingengine   # the two engines compared against
+    pip install -e '.[bench]'   # liquibook and lightmatchingengine, the engines compared against
     python benchmarks/bench_matching.py [--commands 200000] [--json]
 
 The stream (seed 42, one symbol): 70% limit orders at 10,000 +/- 50 ticks, quantity 1 to
