@@ -197,3 +197,34 @@ def test_a_read_only_log_follows_its_writer_batch_by_batch(tmp_path: Path) -> No
     assert reader.read(len(written), 2).values == [b"x" * 50, b"y" * 50]
     writer.close()
     reader.close()
+
+
+def test_a_following_reader_raises_on_corruption_instead_of_stalling(tmp_path: Path) -> None:
+    """A corrupt record under a following reader is an error naming its offset, never a
+    silent stop (nor a silent skip); so is a segment that shrinks under it."""
+    writer = FileLog(tmp_path, fsync=FsyncPolicy.NEVER, segment_bytes_max=2048)
+    reader = FileLog(tmp_path, readonly=True)
+    writer.append([b"a" * 100, b"b" * 100])
+    assert reader.end_offset() == 2
+    writer.append([b"c" * 100])
+    writer.append([b"d" * 100])
+    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    data = bytearray(segment.read_bytes())
+    third = HEADER_BYTES + 2 * (FRAME_BYTES + 100)
+    data[third + FRAME_BYTES + 5] ^= 0xFF  # a payload byte of record 2
+    segment.write_bytes(bytes(data))
+    with pytest.raises(CorruptRecordError, match="offset 2") as caught:
+        reader.end_offset()
+    assert caught.value.offset == 2
+    writer.close()
+
+    shrinking = tmp_path / "shrinking"
+    writer = FileLog(shrinking, fsync=FsyncPolicy.NEVER)
+    writer.append([b"x" * 50, b"y" * 50])
+    follower = FileLog(shrinking, readonly=True)
+    assert follower.end_offset() == 2
+    (only,) = shrinking.glob("*.seg")
+    only.write_bytes(only.read_bytes()[: HEADER_BYTES + FRAME_BYTES + 50])
+    with pytest.raises(LogError, match="shrank"):
+        follower.end_offset()
+    writer.close()

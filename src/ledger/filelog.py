@@ -257,7 +257,8 @@ class FileLog:
 
     def _refresh(self) -> None:
         """Take in complete batches appended since the last look, in the last segment
-        and in segments created since. A batch still being written stays invisible."""
+        and in segments created since. A batch still being written stays invisible; a
+        tail that cannot be a write in progress is corruption, and raises."""
         while True:
             if self._segments:
                 last = self._segments[-1]
@@ -265,8 +266,15 @@ class FileLog:
                     size = os.stat(last.path).st_size
                 except FileNotFoundError:
                     raise LogError(f"{self.name}: {last.path.name} disappeared") from None
+                if size < last.size:
+                    # Records already handed out are gone: offsets would be reused.
+                    raise LogError(
+                        f"{self.name}: {last.path.name} shrank from {last.size} to {size} bytes under a reader"
+                    )
                 if size > last.size:
                     self._scan_tail(last, size)
+                    if last.size < size:
+                        self._check_stalled(last)
                 if last.count == 0:
                     return
                 base = last.base + last.count
@@ -287,10 +295,32 @@ class FileLog:
             self._segments.append(following)
             self._bases.append(base)
 
+    def _check_stalled(self, segment: _Segment) -> None:
+        """``segment`` has bytes past its last complete batch. That is a write in
+        progress, unless the writer has already moved on to a later segment (it rolls
+        over only after a complete batch): then those bytes are corrupt."""
+        later = [p for p in self.path.glob("*" + _SUFFIX) if p.name > segment.path.name]
+        if not later:
+            return
+        # The writer never touches a segment again once it has started the next, so the
+        # file is final now: look once more (it may have finished the batch meanwhile).
+        size = os.stat(segment.path).st_size
+        self._scan_tail(segment, size)
+        if segment.size < size:
+            offset = segment.base + segment.count
+            raise CorruptRecordError(
+                f"{self.name}: record at offset {offset} ({segment.path.name} byte {segment.size}) is not a "
+                f"complete record, and the writer has gone on to {min(later).name}",
+                offset,
+            )
+
     def _scan_tail(self, segment: _Segment, size: int) -> None:
         """Extend ``segment`` by the complete batches between its known end and ``size``."""
         assert segment.index is not None
         with open(segment.path, "rb") as f:
+            if segment.count == 0 and segment.size == HEADER_BYTES:
+                # Opened while the writer was creating it: check the header now.
+                self._check_header(segment, f.read(HEADER_BYTES))
             f.seek(segment.size)
             data = f.read(size - segment.size)
         position, count = 0, segment.count
@@ -300,11 +330,18 @@ class FileLog:
         while end - position >= FRAME_BYTES:
             length, left, crc = _FRAME.unpack_from(data, position)
             payload_end = position + FRAME_BYTES + length
-            if (
-                payload_end > end
-                or _frame_crc(data[position : position + 8], data[position + FRAME_BYTES : payload_end]) != crc
-            ):
-                break  # not all written yet (a real corruption is caught when read)
+            if payload_end > end:
+                break  # not all written yet
+            if _frame_crc(data[position : position + 8], data[position + FRAME_BYTES : payload_end]) != crc:
+                if any(data[payload_end:]):
+                    # Intact data after a frame that fails its checksum: corruption, as
+                    # recovery rules, not a write in progress (a batch is one write).
+                    raise CorruptRecordError(
+                        f"{self.name}: record at offset {segment.base + count} "
+                        f"({segment.path.name} byte {segment.size + position}) fails its checksum",
+                        segment.base + count,
+                    )
+                break
             if count % INDEX_STRIDE_RECORDS == 0:
                 index.append(segment.size + position)
             count += 1

@@ -36,8 +36,11 @@ KAFKA_TIMEOUT_S = 30.0
 # Polls of an empty partition before a read that should have found records gives up.
 READ_EMPTY_POLLS_MAX = 50
 POLL_TIMEOUT_S = 0.2
-# Pause between checks that an append has become visible to read_committed readers.
-VISIBLE_POLL_S = 0.002
+# Pauses between checks that an append has become visible to read_committed readers:
+# doubling from the first (the marker usually lands within a millisecond or two) to the
+# last, so a long wait does not flood the broker with offset requests.
+VISIBLE_POLL_S_FIRST = 0.001
+VISIBLE_POLL_S_MAX = 0.1
 
 
 def _kafka() -> Any:
@@ -162,16 +165,20 @@ class KafkaLog:
             raise LogError(f"{self.name}: append failed: {errors or 'missing delivery reports'}")
         # A transaction's commit marker reaches the partition after commit_transaction
         # returns; until it does, read_committed readers (and end_offset) do not see the
-        # batch. Wait for it, so that an append is visible when it returns.
+        # batch. Wait for it, so that an append is visible when it returns. (Another
+        # producer's transaction left open on the partition holds the end back too.)
         visible_end = max(offsets) + (2 if self.transactional_id else 1)
         deadline = time.monotonic() + KAFKA_TIMEOUT_S
+        pause_s = VISIBLE_POLL_S_FIRST
         while self.end_offset() < visible_end:
             if time.monotonic() > deadline:
                 raise LogError(
-                    f"{self.name}: appended up to offset {visible_end - 1} but it is not visible "
-                    f"after {KAFKA_TIMEOUT_S} s"
+                    f"{self.name}: the batch up to offset {max(offsets)} is committed but not visible to "
+                    f"read_committed readers after {KAFKA_TIMEOUT_S} s (a transaction of another producer left "
+                    "open on this partition?); do not append it again"
                 )
-            time.sleep(VISIBLE_POLL_S)
+            time.sleep(pause_s)
+            pause_s = min(2 * pause_s, VISIBLE_POLL_S_MAX)
         return min(offsets)
 
     # -- reading ----------------------------------------------------------------------
@@ -272,10 +279,12 @@ class KafkaLog:
         if self._producer is not None:
             self._producer.flush(KAFKA_TIMEOUT_S)
             self._producer = None
-        if self._consumer is not None:
-            self._consumer.close()
+        try:
+            if self._consumer is not None:
+                self._consumer.close()
+        finally:
             self._consumer = None
             self._consumer_position = -1
-        if self._offsets_client is not None:
-            self._offsets_client.close()
-            self._offsets_client = None
+            if self._offsets_client is not None:
+                self._offsets_client.close()
+                self._offsets_client = None
