@@ -138,9 +138,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.checks_ok else EXIT_CHECK_FAILED
 
 
-def _sources(args: argparse.Namespace) -> list[Any]:
-    from settlement.projector import file_sources, kafka_sources
-
+def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(file-log directory, Kafka bootstrap): exactly one is set."""
     log, kafka = args.log, args.kafka
     if args.source is not None:
         if log is not None or kafka is not None:
@@ -151,6 +150,13 @@ def _sources(args: argparse.Namespace) -> list[Any]:
             log = args.source.removeprefix("file:")
     if (log is None) == (kafka is None):
         raise ValueError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
+    return log, kafka
+
+
+def _sources(args: argparse.Namespace) -> list[Any]:
+    from settlement.projector import file_sources, kafka_sources
+
+    log, kafka = _log_or_kafka(args)
     if log is not None:
         return file_sources(log)
     topics: dict[str, str] = {}
@@ -159,6 +165,7 @@ def _sources(args: argparse.Namespace) -> list[Any]:
         if not sep or not symbol or not topic:
             raise ValueError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
         topics[symbol] = topic
+    assert kafka is not None
     return kafka_sources(kafka, args.topic, topics, args.partition)
 
 
@@ -191,12 +198,12 @@ def _cmd_project(args: argparse.Namespace) -> int:
     projector = None
     try:
         options: dict[str, Any] = {} if args.state_every is None else {"state_every_events": args.state_every}
-        directory = args.source if args.source and not args.source.startswith("kafka://") else args.log
+        directory, _kafka = _log_or_kafka(args)
         if args.follow and directory is not None:
             from settlement.projector import file_sources
 
             # Symbols listed while following get their engine.outputs projected too.
-            options["discover"] = lambda known: file_sources(directory.removeprefix("file:"), known)
+            options["discover"] = lambda known: file_sources(directory, known)
         projector = Projector(store, sources, policy=args.policy, **options)
         report = projector.run(follow=args.follow, max_seconds=args.max_seconds)
     except (LogError, StoreError) as error:

@@ -329,10 +329,6 @@ class Projection:
             self._buckets_written.add(key)
             writes.append(Write(kind, values, 0))
 
-    def forget_written_buckets(self) -> None:
-        """After a failed flush the bucket rows may not be stored: write them again."""
-        self._buckets_written.clear()
-
     # -- balance.events ------------------------------------------------------------------
 
     def balance_event(self, event: BalanceEvent, writes: list[Write] | None) -> None:
@@ -470,8 +466,8 @@ class Projection:
     def _end(self, writes: list[Write], user: int, order_id: int, status: str, seq: int) -> None:
         filled = self.filled.pop(order_id, None)
         if filled is None:
-            # The order's acceptance is before this stream's start (a projection begun
-            # from a snapshot): its filled quantity is not known here.
+            # Not accepted in the events this projection has folded. The projector folds
+            # from seq 1 or a saved state, so only direct use of Projection gets here.
             filled = -1
         writes.append(Write("order_status", (order_id, status, filled, seq), seq))
         writes.append(Write("close_order", (user, order_id), seq))

@@ -376,12 +376,9 @@ class Projector:
         if save_state and self.state_every_events and stream.folded - stream.state_seq >= self.state_every_events:
             state = stream.projection.snapshot()
             stream.state_seq = stream.folded
-        try:
-            self.store.commit(writes, checkpoint, state)
-        except BaseException:
-            # The bucket rows of this batch may not be stored: do not assume them later.
-            stream.projection.forget_written_buckets()
-            raise
+        # On a StoreError the run ends; a new Projector (with a fresh Projection, which
+        # remembers no bucket rows as written) goes on from the checkpoint.
+        self.store.commit(writes, checkpoint, state)
         stream.applied = stream.folded
         stream.report.applied_seq = stream.applied
         stream.tries = 0
