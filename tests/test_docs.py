@@ -30,6 +30,7 @@ def test_readme_python_blocks_run(capsys) -> None:
         "ledger",
         "ledger.market",
         "ledger.ubscore",
+        "ledger.gctune",
         "ledger.filelog",
         "ledger.strategies",
         "settlement",

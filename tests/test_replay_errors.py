@@ -6,7 +6,10 @@ import msgspec
 import pytest
 
 from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError, replay
-from ledger.events import Deposited
+from ledger.commands import Side
+from ledger.events import Deposited, OrderAccepted, TradeSettled, Withdrawn
+from ledger.ubscore import UBSCore, evolve
+from matching.events import Trade
 from support import run_exchange, seeded_commands
 
 
@@ -55,3 +58,51 @@ def test_event_whose_balances_do_not_add_up_is_refused(events) -> None:
     records[index] = EVENTS.encode(forged)
     with pytest.raises(InvariantError, match=f"event seq {forged.seq}"):
         replay(log_of(records))
+
+
+TRADE_BALANCE_FIELDS = [
+    "maker_base_available",
+    "maker_base_locked",
+    "maker_quote_available",
+    "maker_quote_locked",
+    "taker_base_available",
+    "taker_base_locked",
+    "taker_quote_available",
+    "taker_quote_locked",
+    "fee_base_available",
+    "fee_quote_available",
+]
+
+
+@pytest.mark.parametrize("field", TRADE_BALANCE_FIELDS + ["base_amount", "maker_fee", "taker_refund"])
+def test_a_forged_trade_is_refused_and_changes_nothing(events, field) -> None:
+    """Each stated balance and amount of a TradeSettled is checked, and a refused trade
+    leaves the state exactly as it was (evolve applies all of an event or none)."""
+    index = next(i for i, e in enumerate(events) if type(e) is TradeSettled)
+    core = UBSCore()
+    core.apply_all(events[:index])
+    before = core.state_hash()
+    forged = msgspec.structs.replace(events[index], **{field: getattr(events[index], field) + 1})
+    with pytest.raises(InvariantError, match=f"event seq {forged.seq}"):
+        core.apply(forged)
+    assert core.state_hash() == before
+    core.apply_all(events[index:])  # the genuine event still applies afterwards
+    assert core.state.seq == events[-1].seq
+
+
+def test_an_engine_output_is_not_a_balance_event() -> None:
+    trade = Trade(1, "BTC-USDT", 1, 1, 100, 1, Side.BUY, 1, 1, 2, 2, 100, True, True)
+    with pytest.raises(TypeError, match="not a balance event: Trade"):
+        evolve(UBSCore().state, trade)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", [Deposited, Withdrawn, OrderAccepted])
+def test_a_refused_first_event_of_a_user_leaves_no_account_behind(events, kind) -> None:
+    index = next(i for i, e in enumerate(events) if type(e) is kind)
+    core = UBSCore()
+    core.apply_all(events[:index])
+    before = core.state_hash()
+    forged = msgspec.structs.replace(events[index], user=10**9, available=events[index].available + 1)
+    with pytest.raises(InvariantError):
+        core.apply(forged)
+    assert core.state_hash() == before

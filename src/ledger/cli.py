@@ -27,6 +27,8 @@ from typing import Any
 
 import msgspec
 
+from ledger.gctune import relaxed_gc
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    with relaxed_gc():
+        return int(args.run(args))
 
 
 if __name__ == "__main__":

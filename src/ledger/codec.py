@@ -10,6 +10,7 @@ an unknown tag or truncated bytes raise ``DecodeError`` naming where the record 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -83,6 +84,14 @@ class Codec(Generic[T]):
             return self._encoder.encode(record)
         except OverflowError:
             return self._encoder.encode(_big_ints_to_ext(msgspec.to_builtins(record)))
+
+    @property
+    def decode_plain(self) -> Callable[[bytes | memoryview], T]:
+        """msgspec's typed decoder alone, for loops over many records: it handles every
+        record without a big integer and raises ``msgspec.MsgspecError`` on the rest,
+        which the caller passes to ``decode`` (the big-integer path, or the error with
+        its ``where``). Saves a Python call per record."""
+        return self._decoder.decode  # type: ignore[no-any-return]
 
     def decode(self, data: bytes | memoryview, where: str = "record") -> T:
         """Decode one record; raise ``DecodeError`` (naming ``where``) if it is not one."""

@@ -22,6 +22,7 @@ import msgspec
 from ledger.codec import COMMANDS, EVENTS, OUTPUTS
 from ledger.commands import Command
 from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.gctune import relaxed_gc
 from ledger.log import Log, scan
 from ledger.replay import replay
 from ledger.ubscore import UBSCore
@@ -48,6 +49,10 @@ class Exchange:
     def submit(self, commands: Sequence[Command]) -> list[BalanceEvent]:
         """Run a batch of commands to completion (every trade settled, every ended order
         released) and append everything to the logs. Returns the balance events."""
+        with relaxed_gc():
+            return self._submit(commands)
+
+    def _submit(self, commands: Sequence[Command]) -> list[BalanceEvent]:
         first = self.operations.append([COMMANDS.encode(c) for c in commands])
         produced: list[BalanceEvent] = []
         outputs: dict[str, list[EngineOutput]] = {}

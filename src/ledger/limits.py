@@ -49,3 +49,10 @@ RECORD_BYTES_MAX = 1024 * 1024
 READ_RECORDS_MAX = 65_536
 # One index entry every this many records keeps seeks cheap and the index small.
 INDEX_STRIDE_RECORDS = 4096
+
+# The cyclic garbage collector runs a young-generation pass every this many container
+# allocations while the ledger's hot loops run (CPython's default is 700). The state is
+# lists and tuples of ints and strings with no reference cycles, yet each pass costs time
+# in proportion to what it walks: at the default, collection took about a third of a
+# replay (measured in docs/benchmarks.md). Raised only inside ``relaxed_gc``.
+GC_YOUNG_THRESHOLD = 50_000

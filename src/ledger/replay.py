@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from ledger.codec import EVENTS, DecodeError
+from ledger.codec import EVENTS
+from ledger.gctune import relaxed_gc
 from ledger.log import Log, scan
 from ledger.progress import Progress
 from ledger.ubscore import SequenceError, UBSCore
@@ -67,30 +68,33 @@ def _replay(
     # seq k + 1 is at offset k or later: start there and skip what is already applied.
     start_offset = min(start_seq, log.end_offset())
     bar = Progress(f"replay {log.name}", max(log.end_offset() - start_offset, 0), enabled=progress)
+    decode_plain = EVENTS.decode_plain
     decode = EVENTS.decode
     apply = core.apply
     applied = 0
-    try:
-        for batch in scan(log, start_offset):
-            offsets = batch.offsets
-            for i, raw in enumerate(batch.values):
-                try:
-                    event = decode(raw)
-                except DecodeError as error:
-                    raise DecodeError(f"{log.name} offset {offsets[i]}", error.problem) from None
-                seq = event.seq
-                if seq <= start_seq and applied == 0:
-                    continue
-                if until is not None and seq > until:
-                    return core, applied
-                try:
-                    apply(event)
-                except SequenceError as error:
-                    raise SequenceError(f"{log.name} offset {offsets[i]}: {error}") from None
-                applied += 1
-            bar.advance(len(batch.values))
-    finally:
-        bar.close()
+    with relaxed_gc():
+        try:
+            for batch in scan(log, start_offset):
+                offsets = batch.offsets
+                for i, raw in enumerate(batch.values):
+                    try:
+                        event = decode_plain(raw)
+                    except msgspec.MsgspecError:
+                        # A big integer (decoded exactly) or a bad record (an error naming it).
+                        event = decode(raw, f"{log.name} offset {offsets[i]}")
+                    seq = event.seq
+                    if seq <= start_seq and applied == 0:
+                        continue
+                    if until is not None and seq > until:
+                        return core, applied
+                    try:
+                        apply(event)
+                    except SequenceError as error:
+                        raise SequenceError(f"{log.name} offset {offsets[i]}: {error}") from None
+                    applied += 1
+                bar.advance(len(batch.values))
+        finally:
+            bar.close()
     return core, applied
 
 

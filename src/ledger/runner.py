@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 
 from ledger.codec import COMMANDS, EVENTS, DecodeError
+from ledger.gctune import relaxed_gc
 from ledger.log import Log
 from ledger.replay import replay
 from ledger.ubscore import SequenceError
@@ -78,6 +79,10 @@ class UBSCoreStage:
     def run(self, batch_commands: int = BATCH_COMMANDS_DEFAULT, follow: bool = False, idle_s_max: float = 0.0) -> int:
         """Handle commands until the input is exhausted (or, following, until idle for
         ``idle_s_max`` seconds; 0 = forever). Returns how many were handled."""
+        with relaxed_gc():
+            return self._run(batch_commands, follow, idle_s_max)
+
+    def _run(self, batch_commands: int, follow: bool, idle_s_max: float) -> int:
         handled = 0
         idle_since = time.monotonic()
         while True:

@@ -85,6 +85,13 @@ _BUY = Side.BUY
 _LIMIT = OrderType.LIMIT
 _MARKET = OrderType.MARKET
 
+# Value -> member, for values already validated: calling an enum class costs about ten
+# times a dict lookup, and decide runs it for every field of every order.
+_SIDE_OF: dict[int, Side] = {int(m): m for m in Side}
+_ORDER_TYPE_OF: dict[int, OrderType] = {int(m): m for m in OrderType}
+_TIF_OF: dict[int, TimeInForce] = {int(m): m for m in TimeInForce}
+_STP_OF: dict[int, SelfTrade] = {int(m): m for m in SelfTrade}
+
 # Rejections about the request id itself are not remembered: remembering them would let
 # a malformed request occupy the id a valid retry needs.
 _NOT_REMEMBERED = frozenset(
@@ -257,13 +264,14 @@ def _reject(state: State, offset: int, reason: int, command: Command) -> list[Ba
 
 def _validate_request(state: State, command: Command, offset: int) -> list[BalanceEvent] | None:
     """Checks every command shares: a valid user and request id, and not a retry."""
-    user = _command_user(command)
+    kind = type(command)
+    user = FEE_ACCOUNT_USER if kind is ListAsset or kind is ListSymbol else command.user  # type: ignore[union-attr]
     request_id = command.request_id
     if type(user) is not int or not 0 <= user <= USER_ID_MAX:
         return _reject(state, offset, Reason.INVALID_USER, command)
     if type(request_id) is not int or not 0 <= request_id <= REQUEST_ID_MAX:
         return _reject(state, offset, Reason.INVALID_REQUEST_ID, command)
-    seen = state.requests.get(_request_key(user, request_id))
+    seen = state.requests.get((user << 64) | request_id)  # _request_key, inlined
     if seen is None:
         return None
     fingerprint, original_seq, original_reason = seen
@@ -369,7 +377,11 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
         lock = c.qty * symbol.lot
     if lock > AMOUNT_MAX or c.qty * symbol.lot > AMOUNT_MAX:
         return _reject(state, offset, Reason.INVALID_QUANTITY, c)
-    available, locked = _available(state, c.user, index)
+    account = state.accounts.get(c.user)
+    if account is None or 2 * index >= len(account):
+        available = locked = 0
+    else:
+        available, locked = account[2 * index], account[2 * index + 1]
     if available < lock:
         return _reject(state, offset, Reason.INSUFFICIENT_FUNDS, c)
     seq = state.seq + 1
@@ -379,12 +391,12 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
             offset,
             c.user,
             c.request_id,
-            order_id_for(state.shard, seq),
+            (state.shard << ORDER_ID_SHARD_SHIFT) | seq,  # order_id_for, inlined
             c.symbol,
-            Side(c.side),
-            OrderType(c.order_type),
-            TimeInForce(c.tif),
-            SelfTrade(c.stp),
+            _SIDE_OF[c.side],
+            _ORDER_TYPE_OF[c.order_type],
+            _TIF_OF[c.tif],
+            _STP_OF[c.stp],
             c.qty,
             c.price,
             c.quote_budget,
@@ -447,6 +459,11 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
     return handler(state, command, input_offset)
 
 
+def _trade_error(t: Trade | TradeSettled, problem: str) -> InvariantError:
+    trade_seq = t.seq if type(t) is Trade else t.engine_seq  # type: ignore[union-attr]
+    return InvariantError(f"engine output {t.symbol}#{trade_seq} (trade {t.trade_id}): {problem}")
+
+
 def _settle_amounts(
     state: State, t: Trade
 ) -> tuple[_SymbolInfo, list[Any], list[Any], int, int, int, int, int]:
@@ -456,68 +473,40 @@ def _settle_amounts(
     taker fee, taker refund). Raises InvariantError if the engine's trade is impossible.
     """
     info = state.symbols.get(t.symbol)
-    maker = state.orders.get(t.maker_order_id)
-    taker = state.orders.get(t.taker_order_id)
-    where = f"engine output {t.symbol}#{t.seq} (trade {t.trade_id})"
+    orders = state.orders
+    maker = orders.get(t.maker_order_id)
+    taker = orders.get(t.taker_order_id)
     if info is None or maker is None or taker is None:
-        raise InvariantError(f"{where}: unknown symbol or order")
+        raise _trade_error(t, "unknown symbol or order")
     if maker[O_USER] != t.maker_user or taker[O_USER] != t.taker_user:
-        raise InvariantError(f"{where}: users do not match the orders")
+        raise _trade_error(t, "users do not match the orders")
     if maker[O_SYMBOL] != t.symbol or taker[O_SYMBOL] != t.symbol:
-        raise InvariantError(f"{where}: an order belongs to another symbol")
-    if maker[O_SIDE] != t.maker_side or taker[O_SIDE] == t.maker_side:
-        raise InvariantError(f"{where}: sides do not match the orders")
-    if maker[O_TYPE] != _LIMIT or maker[O_PRICE] != t.price:
-        raise InvariantError(f"{where}: trade price {t.price} is not the maker's limit")
-    if type(t.qty) is not int or t.qty <= 0:
-        raise InvariantError(f"{where}: quantity {t.qty!r} not positive")
+        raise _trade_error(t, "an order belongs to another symbol")
+    maker_side = t.maker_side
+    if maker[O_SIDE] != maker_side or taker[O_SIDE] == maker_side:
+        raise _trade_error(t, "sides do not match the orders")
+    price = t.price
+    if maker[O_TYPE] != _LIMIT or maker[O_PRICE] != price:
+        raise _trade_error(t, f"trade price {price} is not the maker's limit")
+    qty = t.qty
+    if type(qty) is not int or qty <= 0:
+        raise _trade_error(t, f"quantity {qty!r} not positive")
     symbol = info.symbol
-    base_amount = t.qty * symbol.lot
-    quote_amount = t.qty * t.price * symbol.tick
+    base_amount = qty * symbol.lot
+    quote_amount = qty * price * symbol.tick
     taker_refund = 0
     if taker[O_TYPE] == _LIMIT:
-        if (t.maker_side == _BUY and t.price < taker[O_PRICE]) or (
-            t.maker_side != _BUY and t.price > taker[O_PRICE]
-        ):
-            raise InvariantError(f"{where}: trade price {t.price} beyond the taker's limit")
-        if t.maker_side != _BUY:
-            taker_refund = t.qty * (taker[O_PRICE] - t.price) * symbol.tick
-    if t.maker_side == _BUY:
+        if (price < taker[O_PRICE]) if maker_side == _BUY else (price > taker[O_PRICE]):
+            raise _trade_error(t, f"trade price {price} beyond the taker's limit")
+        if maker_side != _BUY:
+            taker_refund = qty * (taker[O_PRICE] - price) * symbol.tick
+    if maker_side == _BUY:
         maker_fee = base_amount * symbol.maker_fee_ppm // PPM
         taker_fee = quote_amount * symbol.taker_fee_ppm // PPM
     else:
         maker_fee = quote_amount * symbol.maker_fee_ppm // PPM
         taker_fee = base_amount * symbol.taker_fee_ppm // PPM
     return info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, taker_refund
-
-
-def _apply_trade(
-    accounts: Callable[[int], list[int]],
-    info: _SymbolInfo,
-    t: Trade | TradeSettled,
-    base_amount: int,
-    quote_amount: int,
-    maker_fee: int,
-    taker_fee: int,
-    taker_refund: int,
-) -> None:
-    """Move a trade's amounts between the accounts ``accounts(user)`` returns."""
-    b = 2 * info.base_index
-    q = 2 * info.quote_index
-    if t.maker_side == _BUY:
-        buyer, seller = accounts(t.maker_user), accounts(t.taker_user)
-        buyer_fee, seller_fee = maker_fee, taker_fee
-    else:
-        buyer, seller = accounts(t.taker_user), accounts(t.maker_user)
-        buyer_fee, seller_fee = taker_fee, maker_fee
-    buyer[q + 1] -= quote_amount + taker_refund
-    buyer[q] += taker_refund
-    buyer[b] += base_amount - buyer_fee
-    seller[b + 1] -= base_amount
-    seller[q] += quote_amount - seller_fee
-    fee = accounts(FEE_ACCOUNT_USER)
-    fee[b] += buyer_fee
-    fee[q] += seller_fee
 
 
 def _account_copy(state: State, user: int, width: int) -> list[int]:
@@ -531,34 +520,43 @@ def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
     info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = _settle_amounts(
         state, t
     )
-    width = 2 * len(state.assets)
-    copies: dict[int, list[int]] = {}
-
-    def account(user: int) -> list[int]:
-        found = copies.get(user)
-        if found is None:
-            found = copies[user] = _account_copy(state, user, width)
-        return found
-
-    _apply_trade(account, info, t, base_amount, quote_amount, maker_fee, taker_fee, refund)
-    for user_account in copies.values():
-        for value in user_account:
-            if value < 0 or value > AMOUNT_MAX:
-                raise InvariantError(
-                    f"engine output {t.symbol}#{t.seq}: a balance would leave 0..AMOUNT_MAX"
-                )
-    if t.maker_side == _BUY:
+    # Work on copies of the three accounts (decide never changes the state). A user
+    # trading with themself, or the fee account trading, shares one copy.
+    width = state.width
+    maker_user, taker_user = t.maker_user, t.taker_user
+    mk = _account_copy(state, maker_user, width)
+    tk = mk if taker_user == maker_user else _account_copy(state, taker_user, width)
+    if maker_user == FEE_ACCOUNT_USER:
+        fee = mk
+    elif taker_user == FEE_ACCOUNT_USER:
+        fee = tk
+    else:
+        fee = _account_copy(state, FEE_ACCOUNT_USER, width)
+    b, q = 2 * info.base_index, 2 * info.quote_index
+    maker_buys = t.maker_side == _BUY
+    if maker_buys:
+        buyer, seller, buyer_fee, seller_fee = mk, tk, maker_fee, taker_fee
+    else:
+        buyer, seller, buyer_fee, seller_fee = tk, mk, taker_fee, maker_fee
+    buyer[q + 1] -= quote_amount + refund
+    buyer[q] += refund
+    buyer[b] += base_amount - buyer_fee
+    seller[b + 1] -= base_amount
+    seller[q] += quote_amount - seller_fee
+    fee[b] += buyer_fee
+    fee[q] += seller_fee
+    # Only these slots moved; every other one was in range before and is unchanged.
+    after = (mk[b], mk[b + 1], mk[q], mk[q + 1], tk[b], tk[b + 1], tk[q], tk[q + 1], fee[b], fee[q])
+    if min(after) < 0 or max(after) > AMOUNT_MAX:
+        raise _trade_error(t, "a balance would leave 0..AMOUNT_MAX")
+    if maker_buys:
         maker_lock_after = maker[O_LOCK] - quote_amount
         taker_lock_after = taker[O_LOCK] - base_amount
     else:
         maker_lock_after = maker[O_LOCK] - base_amount
         taker_lock_after = taker[O_LOCK] - quote_amount - refund
     if maker_lock_after < 0 or taker_lock_after < 0:
-        raise InvariantError(
-            f"engine output {t.symbol}#{t.seq}: trade spends more than an order has locked"
-        )
-    b, q = 2 * info.base_index, 2 * info.quote_index
-    mk, tk, fee = account(t.maker_user), account(t.taker_user), account(FEE_ACCOUNT_USER)
+        raise _trade_error(t, "trade spends more than an order has locked")
     seq = state.seq + 1
     events: list[BalanceEvent] = [
         TradeSettled(
@@ -568,56 +566,47 @@ def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
             t.trade_id,
             t.price,
             t.qty,
-            Side(t.maker_side),
+            _SIDE_OF[t.maker_side],
             base_amount,
             quote_amount,
-            t.maker_user,
+            maker_user,
             t.maker_order_id,
             maker_fee,
-            t.taker_user,
+            taker_user,
             t.taker_order_id,
             taker_fee,
             refund,
-            mk[b],
-            mk[b + 1],
-            mk[q],
-            mk[q + 1],
-            tk[b],
-            tk[b + 1],
-            tk[q],
-            tk[q + 1],
-            fee[b],
-            fee[q],
+            *after,
             t.maker_done,
             t.taker_done,
         )
     ]
     # An order filled to the end may still hold funds (a market buy's unspent budget):
     # release them now, after the trade, so the order's lock is fully accounted for.
-    for done, order, order_id, lock_after in (
-        (t.maker_done, maker, t.maker_order_id, maker_lock_after),
-        (t.taker_done, taker, t.taker_order_id, taker_lock_after),
-    ):
-        if done and lock_after > 0:
-            seq += 1
-            acc = account(order[O_USER])
-            index = 2 * order[O_LOCK_INDEX]
-            acc[index] += lock_after
-            acc[index + 1] -= lock_after
-            events.append(
-                FundsUnlocked(
-                    seq,
-                    t.symbol,
-                    t.seq,
-                    order[O_USER],
-                    order_id,
-                    state.assets[order[O_LOCK_INDEX]].code,
-                    lock_after,
-                    acc[index],
-                    acc[index + 1],
-                    UNLOCK_FILLED,
+    if (t.maker_done and maker_lock_after > 0) or (t.taker_done and taker_lock_after > 0):
+        for done, order, order_id, lock_after, acc in (
+            (t.maker_done, maker, t.maker_order_id, maker_lock_after, mk),
+            (t.taker_done, taker, t.taker_order_id, taker_lock_after, tk),
+        ):
+            if done and lock_after > 0:
+                seq += 1
+                index = 2 * order[O_LOCK_INDEX]
+                acc[index] += lock_after
+                acc[index + 1] -= lock_after
+                events.append(
+                    FundsUnlocked(
+                        seq,
+                        t.symbol,
+                        t.seq,
+                        order[O_USER],
+                        order_id,
+                        state.assets[order[O_LOCK_INDEX]].code,
+                        lock_after,
+                        acc[index],
+                        acc[index + 1],
+                        UNLOCK_FILLED,
+                    )
                 )
-            )
     return events
 
 
@@ -707,8 +696,13 @@ def _evolve_deposited(state: State, e: Deposited) -> None:
     index = state.asset_index.get(e.asset)
     if index is None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
-    account = _account_for(state, e.user)
+    account = state.accounts.get(e.user)
+    created = account is None
+    if created or len(account) != state.width:
+        account = _account_for(state, e.user)
     if account[2 * index] + e.amount != e.available or account[2 * index + 1] != e.locked:
+        if created:
+            del state.accounts[e.user]  # nothing applied: not even an empty account
         raise _mismatch(e, f"balances after ({e.available}, {e.locked}) do not follow from the state")
     account[2 * index] = e.available
     state.deposited[index] += e.amount
@@ -720,8 +714,13 @@ def _evolve_withdrawn(state: State, e: Withdrawn) -> None:
     index = state.asset_index.get(e.asset)
     if index is None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
-    account = _account_for(state, e.user)
+    account = state.accounts.get(e.user)
+    created = account is None
+    if created or len(account) != state.width:
+        account = _account_for(state, e.user)
     if account[2 * index] - e.amount != e.available or account[2 * index + 1] != e.locked:
+        if created:
+            del state.accounts[e.user]  # nothing applied: not even an empty account
         raise _mismatch(e, f"balances after ({e.available}, {e.locked}) do not follow from the state")
     account[2 * index] = e.available
     state.withdrawn[index] += e.amount
@@ -730,30 +729,38 @@ def _evolve_withdrawn(state: State, e: Withdrawn) -> None:
 
 
 def _evolve_accepted(state: State, e: OrderAccepted) -> None:
+    # The hottest event of a replay: the account lookup and the request memory are
+    # inlined (the same steps as _account_for and _remember).
     index = state.asset_index.get(e.lock_asset)
     if index is None or e.symbol not in state.symbols:
         raise _mismatch(e, "unknown symbol or asset")
-    if e.order_id in state.orders:
-        raise _mismatch(e, f"order id {e.order_id} already open")
-    account = _account_for(state, e.user)
+    orders = state.orders
+    order_id = e.order_id
+    if order_id in orders:
+        raise _mismatch(e, f"order id {order_id} already open")
+    user = e.user
+    account = state.accounts.get(user)
+    created = account is None
+    if created or len(account) != state.width:
+        account = _account_for(state, user)
     i = 2 * index
-    if account[i] - e.lock_amount != e.available or account[i + 1] + e.lock_amount != e.locked:
+    amount = e.lock_amount
+    available, locked = e.available, e.locked
+    if account[i] - amount != available or account[i + 1] + amount != locked:
+        if created:
+            del state.accounts[user]  # nothing applied: not even an empty account
         raise _mismatch(e, "balances after the lock do not add up")
-    account[i] = e.available
-    account[i + 1] = e.locked
-    state.orders[e.order_id] = [
-        e.user,
-        e.symbol,
-        e.side,
-        e.order_type,
-        e.price,
-        index,
-        e.lock_amount,
-        False,
-    ]
+    account[i] = available
+    account[i + 1] = locked
+    symbol, side, order_type, price = e.symbol, e.side, e.order_type, e.price
+    orders[order_id] = [user, symbol, side, order_type, price, index, amount, False]
     state.last_input_offset = e.input_offset
-    fingerprint = (2, e.symbol, e.side, e.qty, e.price, e.order_type, e.tif, e.quote_budget, e.stp)
-    _remember(state, e.user, e.request_id, fingerprint, e.seq, 0)
+    key = (user << 64) | e.request_id
+    state.requests[key] = ((2, symbol, side, e.qty, price, order_type, e.tif, e.quote_budget, e.stp), e.seq, 0)
+    request_order = state.request_order
+    request_order.append(key)
+    if len(request_order) > state.request_window:
+        del state.requests[request_order.popleft()]
 
 
 def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
@@ -799,23 +806,45 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
     info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = _settle_amounts(
         state, e  # type: ignore[arg-type]
     )
-    if (base_amount, quote_amount, maker_fee, taker_fee, refund) != (
-        e.base_amount,
-        e.quote_amount,
-        e.maker_fee,
-        e.taker_fee,
-        e.taker_refund,
+    if (
+        base_amount != e.base_amount
+        or quote_amount != e.quote_amount
+        or maker_fee != e.maker_fee
+        or taker_fee != e.taker_fee
+        or refund != e.taker_refund
     ):
         raise _mismatch(e, "amounts or fees differ from the symbol's definition")
-    # The same moves as _apply_trade, inlined: this is the hottest path of a replay.
+    # The same moves as _decide_trade, in place: this is the second hottest event of a
+    # replay. Nothing is changed before every check has passed.
     b, q = 2 * info.base_index, 2 * info.quote_index
-    mk = _account_for(state, e.maker_user)
-    tk = _account_for(state, e.taker_user)
-    fee = _account_for(state, FEE_ACCOUNT_USER)
-    if e.maker_side == _BUY:
+    accounts, width = state.accounts, state.width
+    maker_user, taker_user = e.maker_user, e.taker_user
+    mk = accounts.get(maker_user)
+    if mk is None or len(mk) != width:
+        mk = _account_for(state, maker_user)
+    tk = accounts.get(taker_user)
+    if tk is None or len(tk) != width:
+        tk = _account_for(state, taker_user)
+    fee = accounts.get(FEE_ACCOUNT_USER)
+    fee_created = fee is None
+    if fee_created or len(fee) != width:
+        fee = _account_for(state, FEE_ACCOUNT_USER)
+    maker_buys = e.maker_side == _BUY
+    if maker_buys:
         buyer, seller, buyer_fee, seller_fee = mk, tk, maker_fee, taker_fee
+        maker_lock = maker[O_LOCK] - quote_amount
+        taker_lock = taker[O_LOCK] - base_amount
     else:
         buyer, seller, buyer_fee, seller_fee = tk, mk, taker_fee, maker_fee
+        maker_lock = maker[O_LOCK] - base_amount
+        taker_lock = taker[O_LOCK] - quote_amount - refund
+    if maker_lock < 0 or taker_lock < 0:
+        if fee_created:
+            del accounts[FEE_ACCOUNT_USER]
+        raise _mismatch(e, "an order's lock went negative")
+    # Each stated balance must equal the state's plus the trade's move (several of the
+    # three accounts may be one, so compute on a copy of the moves first).
+    before = (buyer[q + 1], buyer[q], buyer[b], seller[b + 1], seller[q], fee[b], fee[q])
     buyer[q + 1] -= quote_amount + refund
     buyer[q] += refund
     buyer[b] += base_amount - buyer_fee
@@ -835,18 +864,17 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         or fee[b] != e.fee_base_available
         or fee[q] != e.fee_quote_available
     ):
+        # Undo: every slot gets its value from before the moves (slots of one shared
+        # account were all read before any move, so they agree).
+        buyer[q + 1], buyer[q], buyer[b], seller[b + 1], seller[q], fee[b], fee[q] = before
+        if fee_created:
+            del accounts[FEE_ACCOUNT_USER]
         raise _mismatch(e, "balances after the trade do not add up")
-    if e.maker_side == _BUY:
-        maker[O_LOCK] -= quote_amount
-        taker[O_LOCK] -= base_amount
-    else:
-        maker[O_LOCK] -= base_amount
-        taker[O_LOCK] -= quote_amount + refund
-    if maker[O_LOCK] < 0 or taker[O_LOCK] < 0:
-        raise _mismatch(e, "an order's lock went negative")
-    if e.maker_done and maker[O_LOCK] == 0:
+    maker[O_LOCK] = maker_lock
+    taker[O_LOCK] = taker_lock
+    if e.maker_done and maker_lock == 0:
         del state.orders[e.maker_order_id]
-    if e.taker_done and taker[O_LOCK] == 0:
+    if e.taker_done and taker_lock == 0:
         del state.orders[e.taker_order_id]
     state.last_engine_seq[e.symbol] = e.engine_seq
 
@@ -890,7 +918,10 @@ def evolve(state: State, event: BalanceEvent) -> State:
             f"balance event seq {event.seq} where {state.seq + 1} was expected"
             + (f" (missing {state.seq + 1}..{event.seq - 1})" if event.seq > state.seq + 1 else "")
         )
-    _EVOLVE[type(event)](state, event)
+    handler = _EVOLVE.get(type(event))
+    if handler is None:
+        raise TypeError(f"not a balance event: {type(event).__name__}")
+    handler(state, event)
     state.seq = event.seq
     return state
 
@@ -1035,8 +1066,14 @@ class UBSCore:
 
     def apply(self, event: BalanceEvent) -> None:
         """Replay one event (evolve), keeping the engine cursor in step."""
-        evolve(self.state, event)
+        state = self.state
         kind = type(event)
+        handler = _EVOLVE.get(kind)
+        if event.seq != state.seq + 1 or handler is None:
+            evolve(state, event)  # raises the error that explains it
+        else:  # evolve, inlined: apply runs once per event of every replay
+            handler(state, event)
+            state.seq = event.seq
         if kind is TradeSettled or kind is FundsUnlocked:
             self.engine_cursor[event.symbol] = event.engine_seq  # type: ignore[union-attr,index]
 

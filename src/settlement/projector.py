@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 
 from ledger.codec import EVENTS, OUTPUTS, DecodeError
+from ledger.gctune import relaxed_gc
 from ledger.log import Log
 from settlement.model import Projection, ProjectionError, Write
 from settlement.store import FAULT_CONFLICT, FAULT_GAP, FAULT_MALFORMED, Checkpoint, Fault, SavedState, Store
@@ -232,6 +233,10 @@ class Projector:
         A ``StoreError`` (the store failed a commit after its retries) propagates; the
         checkpoint stays before the failed commit. Make a new ``Projector`` to go on: it
         resumes from the store's checkpoint."""
+        with relaxed_gc():
+            return self._run(follow, max_seconds)
+
+    def _run(self, follow: bool, max_seconds: float | None) -> ProjectionReport:
         started = time.monotonic()
         discovered_at = started
         while not self._stop:
