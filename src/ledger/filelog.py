@@ -408,36 +408,44 @@ class FileLog:
         position = segment.index[stride_start]
         skip = within - stride_start * INDEX_STRIDE_RECORDS
         values: list[bytes] = []
+        append = values.append
         unpack = _FRAME.unpack_from
         crc32 = zlib.crc32
         with open(segment.path, "rb") as f:
             f.seek(position)
             data = f.read(_READ_CHUNK_BYTES)
+            size = len(data)
             at = 0
             current = offset - skip
-            while len(values) < count:
-                if len(data) - at < FRAME_BYTES:
+            end = offset + count
+            # The hottest loop of a replay: one frame a turn, locals only.
+            while current < end:
+                if size - at < FRAME_BYTES:
                     data = data[at:] + f.read(_READ_CHUNK_BYTES)
+                    size = len(data)
                     at = 0
-                    if len(data) < FRAME_BYTES:
+                    if size < FRAME_BYTES:
                         raise CorruptRecordError(
                             f"{self.name}: {segment.path.name} ends before record {current}", current
                         )
                 length, _left, crc = unpack(data, at)
-                stop = at + FRAME_BYTES + length
-                if stop > len(data):
+                start = at + FRAME_BYTES
+                stop = start + length
+                if stop > size:
                     data = data[at:] + f.read(max(_READ_CHUNK_BYTES, stop - at))
+                    size = len(data)
                     at = 0
-                    stop = FRAME_BYTES + length
-                    if stop > len(data):
+                    start = FRAME_BYTES
+                    stop = start + length
+                    if stop > size:
                         raise CorruptRecordError(
                             f"{self.name}: {segment.path.name} ends inside record {current}", current
                         )
                 if current >= offset:
-                    payload = data[at + FRAME_BYTES : stop]
+                    payload = data[start:stop]
                     if crc32(payload, crc32(data[at : at + 8])) != crc:
                         raise CorruptRecordError(f"{self.name}: record at offset {current} fails its checksum", current)
-                    values.append(payload)
+                    append(payload)
                 current += 1
                 at = stop
         return values
