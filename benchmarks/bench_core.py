@@ -149,13 +149,13 @@ def bench_replay(events: list, live_hash: str) -> dict:
             # in this process, whatever evolve costs.
             with FileLog(path, readonly=True) as log, relaxed_gc():
                 started = time.perf_counter()
-                decode_plain, decode = EVENTS.decode_plain, EVENTS.decode
+                decode_plain, decode_after = EVENTS.decode_plain, EVENTS.decode_after
                 for batch in scan(log):
                     for raw in batch.values:
                         try:
                             decode_plain(raw)
-                        except msgspec.MsgspecError:
-                            decode(raw)
+                        except msgspec.MsgspecError as error:
+                            decode_after(raw, "record", error)
                 seconds = time.perf_counter() - started
             floor = seconds if floor is None else min(floor, seconds)
     assert best is not None and floor is not None

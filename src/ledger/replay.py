@@ -69,7 +69,7 @@ def _replay(
     start_offset = min(start_seq, log.end_offset())
     bar = Progress(f"replay {log.name}", max(log.end_offset() - start_offset, 0), enabled=progress)
     decode_plain = EVENTS.decode_plain
-    decode = EVENTS.decode
+    decode_after = EVENTS.decode_after
     apply = core.apply
     applied = 0
     with relaxed_gc():
@@ -79,9 +79,9 @@ def _replay(
                 for i, raw in enumerate(batch.values):
                     try:
                         event = decode_plain(raw)
-                    except msgspec.MsgspecError:
+                    except msgspec.MsgspecError as error:
                         # A big integer (decoded exactly) or a bad record (an error naming it).
-                        event = decode(raw, f"{log.name} offset {offsets[i]}")
+                        event = decode_after(raw, f"{log.name} offset {offsets[i]}", error)
                     seq = event.seq
                     if seq <= start_seq and applied == 0:
                         continue
