@@ -40,16 +40,26 @@ class DecodeError(ValueError):
         self.problem = problem
 
 
+def _int_to_ext(value: int) -> msgspec.msgpack.Ext:
+    size = (value.bit_length() + 8) // 8
+    if size > BIG_INT_BYTES_MAX:
+        raise ValueError(f"integer of {size} bytes cannot be encoded (at most {BIG_INT_BYTES_MAX})")
+    return msgspec.msgpack.Ext(BIG_INT_EXT, value.to_bytes(size, "big", signed=True))
+
+
 def _big_ints_to_ext(obj: Any) -> Any:
+    """Replace every integer beyond 64 bits in ``obj`` (the fresh lists of
+    ``msgspec.to_builtins``, changed in place) by its ``BIG_INT_EXT`` extension."""
     if type(obj) is int:
-        if _INT64_MIN <= obj <= _UINT64_MAX:
-            return obj
-        size = (obj.bit_length() + 8) // 8
-        if size > BIG_INT_BYTES_MAX:
-            raise ValueError(f"integer of {size} bytes cannot be encoded (at most {BIG_INT_BYTES_MAX})")
-        return msgspec.msgpack.Ext(BIG_INT_EXT, obj.to_bytes(size, "big", signed=True))
+        return obj if _INT64_MIN <= obj <= _UINT64_MAX else _int_to_ext(obj)
     if type(obj) is list:
-        return [_big_ints_to_ext(item) for item in obj]
+        for i, item in enumerate(obj):
+            kind = type(item)
+            if kind is int:
+                if not _INT64_MIN <= item <= _UINT64_MAX:
+                    obj[i] = _int_to_ext(item)
+            elif kind is list:
+                _big_ints_to_ext(item)
     return obj
 
 

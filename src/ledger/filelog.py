@@ -43,6 +43,8 @@ MAGIC = b"LEDGRLOG"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sII")
 _FRAME = struct.Struct("<III")
+_LENGTH_LEFT = struct.Struct("<II")
+_CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
 FRAME_BYTES = _FRAME.size
 _SUFFIX = ".seg"
@@ -222,15 +224,18 @@ class FileLog:
         if not records:
             return self.end_offset()
         parts: list[bytes] = []
+        add = parts.append
+        pack_head, pack_crc, crc32 = _LENGTH_LEFT.pack, _CRC.pack, zlib.crc32
         left = len(records)
         for record in records:
             left -= 1
-            if len(record) > RECORD_BYTES_MAX:
-                raise LogError(f"{self.name}: record of {len(record)} bytes over RECORD_BYTES_MAX {RECORD_BYTES_MAX}")
-            head = struct.pack("<II", len(record), left)
-            parts.append(head)
-            parts.append(struct.pack("<I", _frame_crc(head, record)))
-            parts.append(record)
+            size = len(record)
+            if size > RECORD_BYTES_MAX:
+                raise LogError(f"{self.name}: record of {size} bytes over RECORD_BYTES_MAX {RECORD_BYTES_MAX}")
+            head = pack_head(size, left)
+            add(head)
+            add(pack_crc(crc32(record, crc32(head))))  # _frame_crc, inlined
+            add(record)
         buffer = b"".join(parts)
         segment = self._segments[-1]
         if segment.count > 0 and segment.size + len(buffer) > self.segment_bytes_max:
