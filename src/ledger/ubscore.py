@@ -926,6 +926,17 @@ def evolve(state: State, event: BalanceEvent) -> State:
     return state
 
 
+def _evolve_all(state: State, events: list[BalanceEvent]) -> None:
+    """``evolve`` each of ``events`` (what decide just produced), with evolve's checks."""
+    for event in events:
+        handler = _EVOLVE.get(type(event))
+        if event.seq != state.seq + 1 or handler is None:
+            evolve(state, event)  # raises the error that explains it
+        else:
+            handler(state, event)
+            state.seq = event.seq
+
+
 # -- hashing and snapshots -------------------------------------------------------------
 
 SNAPSHOT_FORMAT = "ubscore-snapshot"
@@ -1044,8 +1055,7 @@ class UBSCore:
                 f"command at offset {input_offset} is not after {self.state.last_input_offset}"
             )
         events = decide_command(self.state, command, input_offset)
-        for event in events:
-            evolve(self.state, event)
+        _evolve_all(self.state, events)
         return events
 
     def settle(self, output: EngineOutput) -> list[BalanceEvent]:
@@ -1059,8 +1069,7 @@ class UBSCore:
                 f"engine output {output.symbol}#{output.seq}: missing {last + 1}..{output.seq - 1}"
             )
         events = decide_output(self.state, output)
-        for event in events:
-            evolve(self.state, event)
+        _evolve_all(self.state, events)
         self.engine_cursor[output.symbol] = output.seq
         return events
 
