@@ -5,12 +5,15 @@ The book is the matching engine's state and its rules. ``place``, ``cancel``,
 records (``matching.events``) they caused, numbered with the stream's ``seq``;
 ``apply`` rebuilds the same state from those records alone (replay).
 
-Layout (chosen first, for the hot path): per side a dict ``price -> deque`` of resting
+Layout (chosen first, for the hot path): per side a dict ``price -> Level`` of resting
 orders (oldest first) and a ``SortedList`` of the prices that have a level; the best
 price of each side is cached in ``best`` so the common "does it cross?" test reads one
 list slot, and the sorted list is only touched when a level appears or disappears. A
 resting order is a small list ``[order_id, user, side, price, remaining]`` shared by its
-level and the ``orders`` index, so a fill updates it in place.
+level and the ``orders`` index, so a fill updates it in place. A ``Level`` is a dict
+``order_id -> order`` in time priority (dicts keep insertion order), so a cancel anywhere
+in the queue is O(1); a deque needed a linear ``remove``, which with a few hundred orders a
+level cost more than all the rest of a cancel.
 
 Rules:
 
@@ -126,6 +129,17 @@ _CANCELLED_BY_USER = int(Reason.CANCELLED_BY_USER)
 _NOT_TERMINAL = (_DUPLICATE, _UNKNOWN)
 
 
+class Level(dict[int, Resting]):
+    """The resting orders at one price: ``order_id -> order``, oldest first (a dict keeps
+    insertion order, and deleting any key is O(1)). Iterating it yields the orders, not
+    the ids, as the deque it replaced did; the hot paths call ``values()`` directly."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Resting]:  # type: ignore[override]
+        return iter(self.values())
+
+
 class BookError(Exception):
     """An input a correct UBSCore cannot send, or a broken book invariant: a programmer
     error, never a rejection. Raised before the book changes."""
@@ -150,7 +164,7 @@ class OrderBook:
         # The last output seq of the stream (0 before the first output).
         self.seq = 0
         # levels[side][price] -> resting orders at that price, oldest first.
-        self.levels: tuple[dict[int, deque[Resting]], dict[int, deque[Resting]]] = ({}, {})
+        self.levels: tuple[dict[int, Level], dict[int, Level]] = ({}, {})
         self.prices: tuple[SortedList, SortedList] = (SortedList(), SortedList())
         # best[side]: the best price of that side, BID_NONE / ASK_NONE when empty.
         self.best: list[int] = [BID_NONE, ASK_NONE]
@@ -167,7 +181,7 @@ class OrderBook:
         price = self.best[side]
         return None if price in (BID_NONE, ASK_NONE) else price
 
-    def best_level(self, side: int) -> deque[Resting] | None:
+    def best_level(self, side: int) -> Level | None:
         """The FIFO queue at the best price on ``side``, or None if the side is empty."""
         price = self.best_price(side)
         return None if price is None else self.levels[side][price]
@@ -178,7 +192,7 @@ class OrderBook:
         ordered = reversed(prices) if side == _BUY else iter(prices)
         levels = self.levels[side]
         for price in ordered:
-            yield from levels[price]
+            yield from levels[price].values()
 
     def is_known(self, order_id: int) -> bool:
         """Whether ``order_id`` rests or ended within the remembered window."""
@@ -197,14 +211,14 @@ class OrderBook:
         order: Resting = [order_id, user, side, price, remaining]
         level = self.levels[side].get(price)
         if level is None:
-            level = self.levels[side][price] = deque()
+            level = self.levels[side][price] = Level()
             self.prices[side].add(price)
             if side == _BUY:
                 if price > self.best[0]:
                     self.best[0] = price
             elif price < self.best[1]:
                 self.best[1] = price
-        level.append(order)
+        level[order_id] = order
         self.orders[order_id] = order
         return order
 
@@ -212,10 +226,7 @@ class OrderBook:
         """Take a resting order off the book (it stays unfinished: see ``finish``)."""
         side, price = order[R_SIDE], order[R_PRICE]
         level = self.levels[side][price]
-        if level[0] is order:
-            level.popleft()
-        else:
-            level.remove(order)
+        del level[order[R_ID]]
         if not level:
             self._drop_level(side, price)
         del self.orders[order[R_ID]]
@@ -483,13 +494,17 @@ class OrderBook:
         lot_cost = 0
         seq = self.seq
         stopped = 0
+        # Ids of the makers this level loses. Every maker the inner loop passes is taken
+        # off the book (filled, or cancelled by self-trade prevention) and it stops at the
+        # first maker that stays, so they are a prefix of the level; they are deleted after
+        # the loop because a dict must not change size while it is iterated.
+        gone: list[int] = []
         price = best[maker_side]
         while (price <= limit) if buying else (price >= limit):
             level = levels[price]
             if budgeted:
                 lot_cost = price * tick
-            while level:
-                maker = level[0]
+            for maker in level.values():
                 if budgeted and budget < lot_cost:
                     stopped = _BUDGET
                     break
@@ -498,12 +513,7 @@ class OrderBook:
                     if stp == _CANCEL_TAKER:
                         stopped = _STP
                         break
-                    level.popleft()
-                    del orders[maker_id]
-                    finished.add(maker_id)
-                    finished_order.append(maker_id)
-                    if len(finished_order) > finished_max:
-                        finished.discard(finished_order.popleft())
+                    gone.append(maker_id)
                     seq += 1
                     append(OrderCancelled(seq, symbol, input_seq, maker_id, user, maker[4], _STP))
                     if stp == _CANCEL_BOTH:
@@ -520,28 +530,40 @@ class OrderBook:
                 remaining -= fill
                 seq += 1
                 if fill == available:
-                    level.popleft()
-                    del orders[maker_id]
-                    finished.add(maker_id)
-                    finished_order.append(maker_id)
-                    if len(finished_order) > finished_max:
-                        finished.discard(finished_order.popleft())
+                    gone.append(maker_id)
                     append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker[1], maker_id, user,
                                  order_id, taker_limit_price, True, remaining == 0))
+                    if remaining == 0:
+                        break
                 else:
                     maker[4] = available - fill
                     append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker[1], maker_id, user,
                                  order_id, taker_limit_price, False, remaining == 0))
-                if remaining == 0:
+                    if remaining:
+                        # Only the budget leaves both taker and maker open, and what it
+                        # has left is less than a lot here.
+                        stopped = _BUDGET
                     break
-            if not level:
-                del levels[price]
-                prices.remove(price)
-                if buying:
-                    price = prices[0] if prices else ASK_NONE
+            if gone:
+                for maker_id in gone:
+                    del orders[maker_id]
+                # finish(), for each maker in turn.
+                finished.update(gone)
+                finished_order.extend(gone)
+                while len(finished_order) > finished_max:
+                    finished.discard(finished_order.popleft())
+                if len(gone) == len(level):
+                    del levels[price]
+                    prices.remove(price)
+                    if buying:
+                        price = prices[0] if prices else ASK_NONE
+                    else:
+                        price = prices[-1] if prices else BID_NONE
+                    best[maker_side] = price
                 else:
-                    price = prices[-1] if prices else BID_NONE
-                best[maker_side] = price
+                    for maker_id in gone:
+                        del level[maker_id]
+                gone.clear()
             if remaining == 0 or stopped:
                 break
         self.seq = seq
@@ -559,7 +581,7 @@ class OrderBook:
         need = qty
         for price in walk:
             lot_cost = price * tick
-            for maker in levels[price]:
+            for maker in levels[price].values():
                 if budgeted and budget < lot_cost:
                     return False
                 if maker[R_USER] == user:
