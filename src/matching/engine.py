@@ -43,7 +43,7 @@ import msgspec
 from ledger.commands import SelfTrade
 from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.market import DefinitionError, Symbol
-from matching.book import FINISHED_IDS_MAX, R_ID, R_PRICE, R_REMAINING, R_USER, BookError, OrderBook
+from matching.book import FINISHED_IDS_MAX, BookError, OrderBook
 from matching.events import EngineOutput
 
 SNAPSHOT_FORMAT = "matching-snapshot"
@@ -186,8 +186,8 @@ class MatchingEngine:
             "seq": book.seq,
             "last_input_seq": self.last_input_seq,
             "finished_ids_max": book.finished_ids_max,
-            "bids": [[o[R_ID], o[R_USER], o[R_PRICE], o[R_REMAINING]] for o in book.iter_side(0)],
-            "asks": [[o[R_ID], o[R_USER], o[R_PRICE], o[R_REMAINING]] for o in book.iter_side(1)],
+            "bids": [[o.order_id, o.user, o.price, o.remaining] for o in book.iter_side(0)],
+            "asks": [[o.order_id, o.user, o.price, o.remaining] for o in book.iter_side(1)],
             "finished": list(book.finished_order),
         }
 
