@@ -335,7 +335,19 @@ class OrderBook:
             raise BookError(f"order {order_id}: budget {quote_budget!r} or self-trade rule {stp!r} not allowed")
         best = self.best[1] if buying else self.best[0]
         if (best > limit) if buying else (best < limit):
-            return self._end_untouched(input_seq, order_id, user, side, tif, market, qty, price)
+            if market or (tif != _GTC and tif != _POST_ONLY):
+                return self._end_untouched(input_seq, order_id, user, side, tif, market, qty, price)
+            # Rest it: the most common outcome, so it is written out here rather than going
+            # through _end_untouched and add (whose checks were all made above); only a new
+            # level, rarer, takes add().
+            side = _SIDES[side]
+            level = self.levels[side].get(price)
+            if level is None:
+                self.add(order_id, user, side, price, qty)
+            else:
+                level[order_id] = self.orders[order_id] = Resting(order_id, user, side, price, qty)
+            seq = self.seq = self.seq + 1
+            return [OrderRested(seq, self.symbol, input_seq, order_id, user, side, price, qty)]
         if tif == _POST_ONLY:
             self.finish(order_id)
             self.seq += 1
@@ -350,7 +362,12 @@ class OrderBook:
         if remaining:
             self._end_remainder(input_seq, order_id, user, side, tif, market, remaining, price, stopped, outputs)
         else:
-            self.finish(order_id)
+            # finish(order_id), written out: a taker filled in full is the next most common end.
+            self.finished.add(order_id)
+            finished_order = self.finished_order
+            finished_order.append(order_id)
+            if len(finished_order) > self.finished_ids_max:
+                self.finished.discard(finished_order.popleft())
         return outputs
 
     def cancel(self, input_seq: int, order_id: int, user: int) -> list[EngineOutput]:
