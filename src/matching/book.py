@@ -6,9 +6,13 @@ records (``matching.events``) they caused, numbered with the stream's ``seq``;
 ``apply`` rebuilds the same state from those records alone (replay).
 
 Layout (chosen first, for the hot path): per side a dict ``price -> Level`` of resting
-orders (oldest first) and a ``SortedList`` of the prices that have a level; the best
+orders (oldest first) and a heap of the prices that have a level, best on top; the best
 price of each side is cached in ``best`` so the common "does it cross?" test reads one
-list slot, and the sorted list is only touched when a level appears or disappears. A
+list slot, and the heap is only touched when a level appears or the best one goes. A
+level that goes from below the top (its last order cancelled) leaves its price in the
+heap: such stale prices are skipped when they reach the top and dropped when the heap
+grows to twice the levels. (Levels come and go about once every three commands; heapq's
+push and pop are several times cheaper than a ``SortedList``'s add and remove.) A
 resting order is a small mutable ``Resting`` struct shared by its level and the ``orders``
 index, so a fill updates it in place. A ``Level`` is a dict
 ``order_id -> order`` in time priority (dicts keep insertion order), so a cancel anywhere
@@ -63,10 +67,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 import msgspec
-from sortedcontainers import SortedList
 
 from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
 from ledger.limits import ORDER_PRICE_TICKS_MAX
@@ -174,7 +178,7 @@ class OrderBook:
     limit orders alone may leave it None until the symbol's definition is known.
     """
 
-    __slots__ = ("symbol", "tick", "seq", "levels", "prices", "best", "orders", "finished", "finished_order",
+    __slots__ = ("symbol", "tick", "seq", "levels", "heaps", "best", "orders", "finished", "finished_order",
                  "finished_ids_max")
 
     def __init__(self, symbol: str = "", tick: int | None = None, finished_ids_max: int = FINISHED_IDS_MAX) -> None:
@@ -186,7 +190,9 @@ class OrderBook:
         self.seq = 0
         # levels[side][price] -> resting orders at that price, oldest first.
         self.levels: tuple[dict[int, Level], dict[int, Level]] = ({}, {})
-        self.prices: tuple[SortedList, SortedList] = (SortedList(), SortedList())
+        # heaps[side]: a heap of the prices with a level on that side, keyed so the best is
+        # on top (bids negated). The top always has a level; others may be stale.
+        self.heaps: tuple[list[int], list[int]] = ([], [])
         # best[side]: the best price of that side, BID_NONE / ASK_NONE when empty.
         self.best: list[int] = [BID_NONE, ASK_NONE]
         self.orders: dict[int, Resting] = {}
@@ -207,13 +213,37 @@ class OrderBook:
         price = self.best_price(side)
         return None if price is None else self.levels[side][price]
 
+    @property
+    def prices(self) -> tuple[list[int], list[int]]:
+        """The prices that have a level, ascending, per side (computed on each read)."""
+        return sorted(self.levels[0]), sorted(self.levels[1])
+
     def iter_side(self, side: int) -> Iterator[Resting]:
         """Resting orders of ``side`` in matching priority (best price, then oldest)."""
-        prices = self.prices[side]
-        ordered = reversed(prices) if side == _BUY else iter(prices)
         levels = self.levels[side]
-        for price in ordered:
+        for price in sorted(levels, reverse=side == _BUY):
             yield from levels[price].values()
+
+    def _prices_from_best(self, side: int) -> Iterator[int]:
+        """The prices of ``side``'s levels, best first, read from the heap without
+        changing it: the heap's entries in order come from a second heap of positions
+        (children enter as their parent leaves), so each price read costs O(log n)."""
+        heap = self.heaps[side]
+        levels = self.levels[side]
+        sign = -1 if side == _BUY else 1
+        size = len(heap)
+        frontier = [(heap[0], 0)] if heap else []
+        last = None
+        while frontier:
+            key, index = heappop(frontier)
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < size:
+                    heappush(frontier, (heap[child], child))
+            # A price may be in the heap twice (its level went and came back) or stale.
+            if key != last:
+                last = key
+                if sign * key in levels:
+                    yield sign * key
 
     def is_known(self, order_id: int) -> bool:
         """Whether ``order_id`` rests or ended within the remembered window."""
@@ -232,13 +262,21 @@ class OrderBook:
         order = Resting(order_id, user, side, price, remaining)
         level = self.levels[side].get(price)
         if level is None:
-            level = self.levels[side][price] = Level()
-            self.prices[side].add(price)
+            levels = self.levels[side]
+            level = levels[price] = Level()
+            heap = self.heaps[side]
             if side == _BUY:
+                heappush(heap, -price)
                 if price > self.best[0]:
                     self.best[0] = price
-            elif price < self.best[1]:
-                self.best[1] = price
+            else:
+                heappush(heap, price)
+                if price < self.best[1]:
+                    self.best[1] = price
+            if len(heap) > 2 * len(levels) + 64:
+                # Mostly stale prices: rebuild from the levels (amortised O(1) a level).
+                heap[:] = [-p for p in levels] if side == _BUY else list(levels)
+                heapify(heap)
         level[order_id] = order
         self.orders[order_id] = order
         return order
@@ -279,14 +317,20 @@ class OrderBook:
             self.finished.discard(self.finished_order.popleft())
 
     def _drop_level(self, side: int, price: int) -> None:
-        del self.levels[side][price]
-        prices = self.prices[side]
-        prices.remove(price)
+        levels = self.levels[side]
+        del levels[price]
+        if price != self.best[side]:
+            return  # its price stays in the heap, stale, until it reaches the top
+        # The top is this price (once or more): pop it and whatever stale prices follow.
+        heap = self.heaps[side]
         if side == _BUY:
-            if price == self.best[0]:
-                self.best[0] = prices[-1] if prices else BID_NONE
-        elif price == self.best[1]:
-            self.best[1] = prices[0] if prices else ASK_NONE
+            while heap and -heap[0] not in levels:
+                heappop(heap)
+            self.best[0] = -heap[0] if heap else BID_NONE
+        else:
+            while heap and heap[0] not in levels:
+                heappop(heap)
+            self.best[1] = heap[0] if heap else ASK_NONE
 
     # -- commands (decide + apply, returning outputs) ---------------------------------
 
@@ -517,7 +561,7 @@ class OrderBook:
         maker_side = 1 - side
         maker_side_enum = _SIDES[maker_side]
         levels = self.levels[maker_side]
-        prices = self.prices[maker_side]
+        heap = self.heaps[maker_side]
         best = self.best
         orders = self.orders
         finished = self.finished
@@ -590,12 +634,17 @@ class OrderBook:
                 while len(finished_order) > finished_max:
                     finished.discard(finished_order.popleft())
                 if len(gone) == len(level):
+                    # _drop_level(maker_side, price), written out: this is the best level,
+                    # so the heap's top is its price (once or more), then perhaps stale ones.
                     del levels[price]
-                    prices.remove(price)
                     if buying:
-                        price = prices[0] if prices else ASK_NONE
+                        while heap and heap[0] not in levels:
+                            heappop(heap)
+                        price = heap[0] if heap else ASK_NONE
                     else:
-                        price = prices[-1] if prices else BID_NONE
+                        while heap and -heap[0] not in levels:
+                            heappop(heap)
+                        price = -heap[0] if heap else BID_NONE
                     best[maker_side] = price
                 else:
                     for maker_id in gone:
@@ -610,13 +659,14 @@ class OrderBook:
         """Would matching fill all of ``qty`` now? Walks the book exactly as ``_take``
         would (same order, same budget and self-trade stops) without changing it."""
         maker_side = 1 - side
-        prices = self.prices[maker_side]
         levels = self.levels[maker_side]
-        walk = prices.irange(maximum=limit) if side == _BUY else prices.irange(minimum=limit, reverse=True)
+        buying = side == _BUY
         budgeted = budget >= 0
         tick = self.tick or 0
         need = qty
-        for price in walk:
+        for price in self._prices_from_best(maker_side):
+            if (price > limit) if buying else (price < limit):
+                break
             lot_cost = price * tick
             for maker in levels[price].values():
                 if budgeted and budget < lot_cost:
@@ -724,13 +774,18 @@ class OrderBook:
 
     def check(self) -> None:
         """Raise ``BookError`` unless every invariant holds (tests call this after each
-        command): levels sorted and never empty, quantities positive, index and levels
-        agree, cached best prices right, not crossed, finished window consistent."""
+        command): price heaps consistent, levels never empty, quantities positive, index
+        and levels agree, cached best prices right, not crossed, finished window consistent."""
         count = 0
         for side in (Side.BUY, Side.SELL):
-            levels, prices = self.levels[side], self.prices[side]
-            if sorted(levels) != list(prices):
-                raise BookError(f"side {side.name}: price index and levels disagree")
+            levels, heap = self.levels[side], self.heaps[side]
+            keys = set(heap)
+            if any((-price if side == _BUY else price) not in keys for price in levels):
+                raise BookError(f"side {side.name}: a level's price is missing from the heap")
+            if any(heap[(i - 1) // 2] > heap[i] for i in range(1, len(heap))):
+                raise BookError(f"side {side.name}: the price heap is not a heap")
+            if heap and (-heap[0] if side == _BUY else heap[0]) not in levels:
+                raise BookError(f"side {side.name}: the top of the price heap has no level")
             for price, level in levels.items():
                 if not level:
                     raise BookError(f"side {side.name}: empty level at {price}")
@@ -744,7 +799,7 @@ class OrderBook:
                         raise BookError(f"order {order.order_id} missing from the id index")
                     if order.order_id in self.finished:
                         raise BookError(f"order {order.order_id} rests but is remembered as ended")
-            expected = (prices[-1] if side == _BUY else prices[0]) if prices else (BID_NONE, ASK_NONE)[side]
+            expected = (max(levels) if side == _BUY else min(levels)) if levels else (BID_NONE, ASK_NONE)[side]
             if self.best[side] != expected:
                 raise BookError(f"side {side.name}: cached best {self.best[side]}, actual {expected}")
         if count != len(self.orders):
