@@ -14,10 +14,10 @@ heap: such stale prices are skipped when they reach the top and dropped when the
 grows to twice the levels. (Levels come and go about once every three commands; heapq's
 push and pop are several times cheaper than a ``SortedList``'s add and remove.) A
 resting order is a small mutable ``Resting`` struct shared by its level and the ``orders``
-index, so a fill updates it in place. A ``Level`` is a dict
-``order_id -> order`` in time priority (dicts keep insertion order), so a cancel anywhere
-in the queue is O(1); a deque needed a linear ``remove``, which with a few hundred orders a
-level cost more than all the rest of a cancel.
+index, so a fill updates it in place. A ``Level`` is a dict ``order_id -> order`` in time
+priority (dicts keep insertion order), so a cancel anywhere in the queue is O(1); a deque
+needed a linear ``remove``, which with a few hundred orders a level cost more than all the
+rest of a cancel.
 
 Rules:
 
@@ -101,9 +101,9 @@ class Resting(msgspec.Struct, gc=False):
 
     ``gc=False`` because it holds only ints: with it the order, and the ``orders`` dict
     that holds only such orders, are invisible to the cyclic garbage collector, which
-    otherwise traverses every resting order on each full collection (a list per order
-    cost the benchmark more in collections than in building it). It can take no part in
-    a reference cycle, which is what makes that safe.
+    otherwise traverses every resting order on each full collection (with a million
+    resting orders a full collection took about 170 ms with a list per order, 47 ms
+    with this). It can take no part in a reference cycle, which is what makes that safe.
     """
 
     order_id: int
