@@ -43,7 +43,7 @@ import msgspec
 from ledger.commands import SelfTrade
 from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.market import DefinitionError, Symbol
-from matching.book import FINISHED_IDS_MAX, R_ID, R_PRICE, R_REMAINING, R_USER, BookError, OrderBook
+from matching.book import FINISHED_IDS_MAX, BookError, OrderBook
 from matching.events import EngineOutput
 
 SNAPSHOT_FORMAT = "matching-snapshot"
@@ -114,22 +114,27 @@ class MatchingEngine:
                 return []
             if self.spec is None:
                 raise EngineError(f"engine {self.symbol}: order {e.order_id} (input {e.seq}) before SymbolListed")
-            self._check_input_seq(e.seq)
+            # _check_input_seq, written out: this runs once per order.
+            seq = e.seq
+            if seq <= self.last_input_seq:
+                self._check_input_seq(seq)
             outputs = self.book.place(
-                e.seq, e.order_id, e.user, e.side, e.order_type, e.tif, e.stp, e.qty, e.price, e.quote_budget
+                seq, e.order_id, e.user, e.side, e.order_type, e.tif, e.stp, e.qty, e.price, e.quote_budget
             )
         elif kind is CancelRequested:
             c: CancelRequested = event  # type: ignore[assignment]
             if c.symbol != self.symbol:
                 return []
-            self._check_input_seq(c.seq)
-            outputs = self.book.cancel(c.seq, c.order_id, c.user)
+            seq = c.seq
+            if seq <= self.last_input_seq:
+                self._check_input_seq(seq)
+            outputs = self.book.cancel(seq, c.order_id, c.user)
         elif kind is SymbolListed:
             self._listed(event)  # type: ignore[arg-type]
             return []
         else:
             return []
-        self.last_input_seq = event.seq
+        self.last_input_seq = seq
         return outputs
 
     def amend_qty(self, input_seq: int, order_id: int, user: int, qty_remaining: int) -> list[EngineOutput]:
@@ -186,8 +191,8 @@ class MatchingEngine:
             "seq": book.seq,
             "last_input_seq": self.last_input_seq,
             "finished_ids_max": book.finished_ids_max,
-            "bids": [[o[R_ID], o[R_USER], o[R_PRICE], o[R_REMAINING]] for o in book.iter_side(0)],
-            "asks": [[o[R_ID], o[R_USER], o[R_PRICE], o[R_REMAINING]] for o in book.iter_side(1)],
+            "bids": [[o.order_id, o.user, o.price, o.remaining] for o in book.iter_side(0)],
+            "asks": [[o.order_id, o.user, o.price, o.remaining] for o in book.iter_side(1)],
             "finished": list(book.finished_order),
         }
 
