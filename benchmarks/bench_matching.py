@@ -22,6 +22,7 @@ the same number of maker fills); the script exits non-zero otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -31,6 +32,7 @@ import msgspec
 
 from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
 from ledger.events import CancelRequested, OrderAccepted, SymbolListed
+from ledger.gctune import relaxed_gc
 from ledger.market import Symbol
 from matching.engine import MatchingEngine
 from matching.events import Trade
@@ -105,12 +107,18 @@ def run_ours(stream: list[tuple]) -> dict[str, Any]:
     engine = MatchingEngine(SYMBOL.name)
     engine.handle(SymbolListed(1, 0, 1, SYMBOL))
     handle = engine.handle
+    maker_fills = filled = outputs = 0
     started = time.perf_counter()
-    outputs = [handle(event) for event in events]
+    # Like the other two runners, count fills as they come and keep nothing.
+    for event in events:
+        batch = handle(event)
+        outputs += len(batch)
+        for output in batch:
+            if type(output) is Trade:
+                maker_fills += 1
+                filled += output.qty
     seconds = time.perf_counter() - started
-    trades = [o for batch in outputs for o in batch if type(o) is Trade]
-    return {"seconds": seconds, "maker_fills": len(trades), "filled_lots": sum(t.qty for t in trades),
-            "outputs": sum(len(b) for b in outputs)}
+    return {"seconds": seconds, "maker_fills": maker_fills, "filled_lots": filled, "outputs": outputs}
 
 
 def run_lightmatchingengine(stream: list[tuple]) -> dict[str, Any]:
@@ -180,17 +188,23 @@ def run_liquibook(stream: list[tuple]) -> dict[str, Any]:
     orders: dict[int, Any] = {}
     add, cancel = book.add, book.cancel
     no_conditions, ioc = lb.oc_no_conditions, lb.oc_immediate_or_cancel
-    started = time.perf_counter()
+    # Its input objects are made before timing, as ours (OrderAccepted events) are.
+    inputs: list[tuple[Any, Any]] = []
     for command in stream:
         kind = command[0]
         if kind == "C":
-            cancel(orders.pop(command[1]))
+            inputs.append((None, orders[command[1]]))
         elif kind == "M":
-            add(lb.SimpleOrder(command[2], 0, command[3]), ioc)
+            inputs.append((lb.SimpleOrder(command[2], 0, command[3]), ioc))
         else:
-            order = lb.SimpleOrder(command[2], command[3], command[4])
-            orders[command[1]] = order
-            add(order, no_conditions)
+            order = orders[command[1]] = lb.SimpleOrder(command[2], command[3], command[4])
+            inputs.append((order, no_conditions))
+    started = time.perf_counter()
+    for order, conditions in inputs:
+        if order is None:
+            cancel(conditions)
+        else:
+            add(order, conditions)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "fill_callbacks": fills["count"], "filled_lots": fills["qty"]}
 
@@ -200,14 +214,24 @@ def main() -> int:
     parser.add_argument("--commands", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="run all three engines at CPython's default collector settings instead of relaxed_gc()",
+    )
     args = parser.parse_args()
     stream = make_stream(args.commands, args.seed)
-    results: dict[str, Any] = {"commands": len(stream), "ours": run_ours(stream)}
-    for name, runner in (("liquibook", run_liquibook), ("lightmatchingengine", run_lightmatchingengine)):
-        try:
-            results[name] = runner(stream)
-        except ImportError as error:
-            results[name] = {"error": f"not installed: {error}"}
+    # All three engines run under the same collector settings: by default the relaxed
+    # ones the ledger's own loops use (ledger.gctune), or CPython's with --default-gc.
+    collector = contextlib.nullcontext() if args.default_gc else relaxed_gc()
+    results: dict[str, Any] = {"commands": len(stream), "collector": "default" if args.default_gc else "relaxed"}
+    with collector:
+        results["ours"] = run_ours(stream)
+        for name, runner in (("lightmatchingengine", run_lightmatchingengine), ("liquibook", run_liquibook)):
+            try:
+                results[name] = runner(stream)
+            except ImportError as error:
+                results[name] = {"error": f"not installed: {error}"}
     problems = []
     for name, result in results.items():
         if isinstance(result, dict) and "seconds" in result:
@@ -227,7 +251,7 @@ def main() -> int:
     if args.json:
         print(msgspec.json.encode(results).decode())
     else:
-        print(f"stream: {len(stream):,} commands (seed {args.seed})")
+        print(f"stream: {len(stream):,} commands (seed {args.seed}), collector {results['collector']}")
         for name in ("ours", "liquibook", "lightmatchingengine"):
             r = results[name]
             if "error" in r:
