@@ -262,18 +262,11 @@ def _reject(state: State, offset: int, reason: int, command: Command) -> list[Ba
     return [Rejected(state.seq + 1, offset, int(reason), command)]
 
 
-def _validate_request(state: State, command: Command, offset: int) -> list[BalanceEvent] | None:
-    """Checks every command shares: a valid user and request id, and not a retry."""
-    kind = type(command)
-    user = FEE_ACCOUNT_USER if kind is ListAsset or kind is ListSymbol else command.user  # type: ignore[union-attr]
-    request_id = command.request_id
-    if type(user) is not int or not 0 <= user <= USER_ID_MAX:
-        return _reject(state, offset, Reason.INVALID_USER, command)
-    if type(request_id) is not int or not 0 <= request_id <= REQUEST_ID_MAX:
-        return _reject(state, offset, Reason.INVALID_REQUEST_ID, command)
-    seen = state.requests.get((user << 64) | request_id)  # _request_key, inlined
-    if seen is None:
-        return None
+def _answer_retry(
+    state: State, command: Command, offset: int, seen: tuple[tuple[Any, ...], int, int]
+) -> list[BalanceEvent]:
+    """The answer to a request id already in the window: the original outcome if the
+    payload is the same, a conflict if not."""
     fingerprint, original_seq, original_reason = seen
     if fingerprint != command_fingerprint(command):
         return _reject(state, offset, Reason.REQUEST_ID_CONFLICT, command)
@@ -358,7 +351,8 @@ def _order_problem(c: PlaceOrder) -> Reason | None:
 
 
 def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent]:
-    if c.user == FEE_ACCOUNT_USER:
+    user = c.user
+    if user == FEE_ACCOUNT_USER:
         return _reject(state, offset, Reason.INVALID_USER, c)
     info = state.symbols.get(c.symbol)
     if info is None:
@@ -366,18 +360,22 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
     problem = _order_problem(c)
     if problem is not None:
         return _reject(state, offset, problem, c)
+    # Valid from here on: the canonical members, compared by identity (cheaper than an
+    # IntEnum's ==).
+    side, order_type = _SIDE_OF[c.side], _ORDER_TYPE_OF[c.order_type]
+    qty, price = c.qty, c.price
     symbol = info.symbol
-    if c.side == _BUY:
+    if side is _BUY:
         index = info.quote_index
         lock_asset = symbol.quote
-        lock = c.qty * c.price * symbol.tick if c.order_type == _LIMIT else c.quote_budget
+        lock = qty * price * symbol.tick if order_type is _LIMIT else c.quote_budget
     else:
         index = info.base_index
         lock_asset = symbol.base
-        lock = c.qty * symbol.lot
-    if lock > AMOUNT_MAX or c.qty * symbol.lot > AMOUNT_MAX:
+        lock = qty * symbol.lot
+    if lock > AMOUNT_MAX or qty * symbol.lot > AMOUNT_MAX:
         return _reject(state, offset, Reason.INVALID_QUANTITY, c)
-    account = state.accounts.get(c.user)
+    account = state.accounts.get(user)
     if account is None or 2 * index >= len(account):
         available = locked = 0
     else:
@@ -389,16 +387,16 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
         OrderAccepted(
             seq,
             offset,
-            c.user,
+            user,
             c.request_id,
             (state.shard << ORDER_ID_SHARD_SHIFT) | seq,  # order_id_for, inlined
             c.symbol,
-            _SIDE_OF[c.side],
-            _ORDER_TYPE_OF[c.order_type],
+            side,
+            order_type,
             _TIF_OF[c.tif],
             _STP_OF[c.stp],
-            c.qty,
-            c.price,
+            qty,
+            price,
             c.quote_budget,
             lock_asset,
             lock,
@@ -450,12 +448,20 @@ _DECIDE_COMMAND: dict[type, Callable[[State, Any, int], list[BalanceEvent]]] = {
 def decide_command(state: State, command: Command, input_offset: int) -> list[BalanceEvent]:
     """Validate ``command`` (read from balance.operations at ``input_offset``) and return
     its one event. Never changes ``state``; never raises for a bad command."""
-    handler = _DECIDE_COMMAND.get(type(command))
+    kind = type(command)
+    handler = _DECIDE_COMMAND.get(kind)
     if handler is None:
-        raise TypeError(f"not a command: {type(command).__name__}")
-    answer = _validate_request(state, command, input_offset)
-    if answer is not None:
-        return answer
+        raise TypeError(f"not a command: {kind.__name__}")
+    # Checks every command shares: a valid user and request id, and not a retry.
+    user = FEE_ACCOUNT_USER if kind is ListAsset or kind is ListSymbol else command.user  # type: ignore[union-attr]
+    request_id = command.request_id
+    if type(user) is not int or not 0 <= user <= USER_ID_MAX:
+        return _reject(state, input_offset, Reason.INVALID_USER, command)
+    if type(request_id) is not int or not 0 <= request_id <= REQUEST_ID_MAX:
+        return _reject(state, input_offset, Reason.INVALID_REQUEST_ID, command)
+    seen = state.requests.get((user << 64) | request_id)  # _request_key, inlined
+    if seen is not None:
+        return _answer_retry(state, command, input_offset, seen)
     return handler(state, command, input_offset)
 
 
