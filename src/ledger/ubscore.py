@@ -169,8 +169,10 @@ class State:
         self.symbols: dict[str, _SymbolInfo] = {}
         self.accounts: dict[int, list[int]] = {}
         self.orders: dict[int, list[Any]] = {}
-        # (user << 64 | request_id) -> (fingerprint, seq of the outcome, reason)
-        self.requests: dict[int, tuple[tuple[Any, ...], int, int]] = {}
+        # (user << 64 | request_id) -> (fingerprint, seq of the outcome, reason), or for
+        # an accepted order its OrderAccepted event, from which _outcome derives the
+        # same three (the commonest entry, stored without building two tuples).
+        self.requests: dict[int, tuple[tuple[Any, ...], int, int] | OrderAccepted] = {}
         self.request_order: deque[int] = deque()
         # Per asset index: everything ever deposited and withdrawn (for conservation).
         self.deposited: list[int] = []
@@ -262,12 +264,22 @@ def _reject(state: State, offset: int, reason: int, command: Command) -> list[Ba
     return [Rejected(state.seq + 1, offset, int(reason), command)]
 
 
+def _outcome(
+    seen: tuple[tuple[Any, ...], int, int] | OrderAccepted,
+) -> tuple[tuple[Any, ...], int, int]:
+    """(fingerprint, seq of the outcome, reason) of a request window entry."""
+    if type(seen) is OrderAccepted:
+        e = seen
+        return ((2, e.symbol, e.side, e.qty, e.price, e.order_type, e.tif, e.quote_budget, e.stp), e.seq, 0)
+    return seen  # type: ignore[return-value]
+
+
 def _answer_retry(
-    state: State, command: Command, offset: int, seen: tuple[tuple[Any, ...], int, int]
+    state: State, command: Command, offset: int, seen: tuple[tuple[Any, ...], int, int] | OrderAccepted
 ) -> list[BalanceEvent]:
     """The answer to a request id already in the window: the original outcome if the
     payload is the same, a conflict if not."""
-    fingerprint, original_seq, original_reason = seen
+    fingerprint, original_seq, original_reason = _outcome(seen)
     if fingerprint != command_fingerprint(command):
         return _reject(state, offset, Reason.REQUEST_ID_CONFLICT, command)
     return [
@@ -519,6 +531,8 @@ def _account_copy(state: State, user: int, width: int) -> list[int]:
     account = state.accounts.get(user)
     if account is None:
         return [0] * width
+    if len(account) == width:
+        return account[:]
     return account + [0] * (width - len(account))
 
 
@@ -762,7 +776,7 @@ def _evolve_accepted(state: State, e: OrderAccepted) -> None:
     orders[order_id] = [user, symbol, side, order_type, price, index, amount, False]
     state.last_input_offset = e.input_offset
     key = (user << 64) | e.request_id
-    state.requests[key] = ((2, symbol, side, e.qty, price, order_type, e.tif, e.quote_budget, e.stp), e.seq, 0)
+    state.requests[key] = e  # its fingerprint, seq and reason 0 are derived by _outcome
     request_order = state.request_order
     request_order.append(key)
     if len(request_order) > state.request_window:
@@ -973,7 +987,7 @@ def canonical(state: State) -> dict[str, Any]:
             for user, account in sorted(state.accounts.items())
         ],
         "orders": [[order_id, *order] for order_id, order in sorted(state.orders.items())],
-        "requests": [[key, *state.requests[key]] for key in state.request_order],
+        "requests": [[key, *_outcome(state.requests[key])] for key in state.request_order],
         "deposited": state.deposited,
         "withdrawn": state.withdrawn,
         "last_input_offset": state.last_input_offset,
