@@ -106,3 +106,25 @@ def test_orders_lock_exactly_and_reject_whole() -> None:
     too_big = core.execute(PlaceOrder(1, 2, "BTC-USDT", Side.BUY, qty=10**9, price=100), offset + 1)[0]
     assert too_big.reason == Reason.INSUFFICIENT_FUNDS
     assert core.state.balance(1, "USDT") == (10**9 - 3000, 3000)
+
+
+class _Unhashable:
+    """Equal to an int but not hashable: what a caller's own numeric type can be."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return other == self.value
+
+
+def test_order_fields_equal_to_valid_values_are_accepted_as_those_values() -> None:
+    """decide never raises for a command: an order whose side, type, time in force or
+    self-trade mode only compares equal to a valid value is read as that value."""
+    core, offset = funded_core()
+    order = PlaceOrder(1, 1, "BTC-USDT", _Unhashable(0), 3, 100, _Unhashable(0), _Unhashable(0), 0, _Unhashable(0))  # type: ignore[arg-type]
+    accepted = core.execute(order, offset)[0]
+    assert (accepted.side, accepted.order_type, accepted.tif, accepted.stp) == (Side.BUY, 0, 0, 0)
+    assert type(accepted.side) is Side

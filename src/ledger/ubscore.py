@@ -374,7 +374,12 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
         return _reject(state, offset, problem, c)
     # Valid from here on: the canonical members, compared by identity (cheaper than an
     # IntEnum's ==).
-    side, order_type = _SIDE_OF[c.side], _ORDER_TYPE_OF[c.order_type]
+    try:
+        side, order_type = _SIDE_OF[c.side], _ORDER_TYPE_OF[c.order_type]
+        tif, stp = _TIF_OF[c.tif], _STP_OF[c.stp]
+    except TypeError:  # equal to a valid value but unhashable: the enums look up by ==
+        side, order_type = Side(c.side), OrderType(c.order_type)
+        tif, stp = TimeInForce(c.tif), SelfTrade(c.stp)
     qty, price = c.qty, c.price
     symbol = info.symbol
     if side is _BUY:
@@ -405,8 +410,8 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
             c.symbol,
             side,
             order_type,
-            _TIF_OF[c.tif],
-            _STP_OF[c.stp],
+            tif,
+            stp,
             qty,
             price,
             c.quote_budget,
