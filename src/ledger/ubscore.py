@@ -532,6 +532,33 @@ def _settle_amounts(
     return info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, taker_refund
 
 
+def _move_trade(
+    buyer: list[int],
+    seller: list[int],
+    fee: list[int],
+    b: int,
+    q: int,
+    base_amount: int,
+    quote_amount: int,
+    refund: int,
+    buyer_fee: int,
+    seller_fee: int,
+) -> None:
+    """A trade's balance moves, the one definition decide and evolve share. ``b`` and
+    ``q`` index the base and quote available slots (locked is the next one); accounts
+    may be the same list (a user trading with themself, or the fee account trading).
+    The buyer spends locked quote (plus any price-improvement refund, which returns to
+    available) and receives base less its fee; the seller spends locked base and
+    receives quote less its fee; the fee account receives both fees."""
+    buyer[q + 1] -= quote_amount + refund
+    buyer[q] += refund
+    buyer[b] += base_amount - buyer_fee
+    seller[b + 1] -= base_amount
+    seller[q] += quote_amount - seller_fee
+    fee[b] += buyer_fee
+    fee[q] += seller_fee
+
+
 def _account_copy(state: State, user: int, width: int) -> list[int]:
     account = state.accounts.get(user)
     if account is None:
@@ -560,16 +587,9 @@ def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
     b, q = 2 * info.base_index, 2 * info.quote_index
     maker_buys = t.maker_side == _BUY
     if maker_buys:
-        buyer, seller, buyer_fee, seller_fee = mk, tk, maker_fee, taker_fee
+        _move_trade(mk, tk, fee, b, q, base_amount, quote_amount, refund, maker_fee, taker_fee)
     else:
-        buyer, seller, buyer_fee, seller_fee = tk, mk, taker_fee, maker_fee
-    buyer[q + 1] -= quote_amount + refund
-    buyer[q] += refund
-    buyer[b] += base_amount - buyer_fee
-    seller[b + 1] -= base_amount
-    seller[q] += quote_amount - seller_fee
-    fee[b] += buyer_fee
-    fee[q] += seller_fee
+        _move_trade(tk, mk, fee, b, q, base_amount, quote_amount, refund, taker_fee, maker_fee)
     # Only these slots moved; every other one was in range before and is unchanged.
     after = (mk[b], mk[b + 1], mk[q], mk[q + 1], tk[b], tk[b + 1], tk[q], tk[q + 1], fee[b], fee[q])
     if min(after) < 0 or max(after) > AMOUNT_MAX:
@@ -867,16 +887,10 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         if fee_created:
             del accounts[FEE_ACCOUNT_USER]
         raise _mismatch(e, "an order's lock went negative")
-    # Each stated balance must equal the state's plus the trade's move (several of the
-    # three accounts may be one, so compute on a copy of the moves first).
+    # Each stated balance must equal the state's plus the trade's move: move, compare,
+    # and undo the move if they differ.
     before = (buyer[q + 1], buyer[q], buyer[b], seller[b + 1], seller[q], fee[b], fee[q])
-    buyer[q + 1] -= quote_amount + refund
-    buyer[q] += refund
-    buyer[b] += base_amount - buyer_fee
-    seller[b + 1] -= base_amount
-    seller[q] += quote_amount - seller_fee
-    fee[b] += buyer_fee
-    fee[q] += seller_fee
+    _move_trade(buyer, seller, fee, b, q, base_amount, quote_amount, refund, buyer_fee, seller_fee)
     if (
         mk[b] != e.maker_base_available
         or mk[b + 1] != e.maker_base_locked
