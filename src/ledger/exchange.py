@@ -46,13 +46,10 @@ class Exchange:
         self.event_count = 0
         self.output_count = 0
 
+    @relaxed_gc()
     def submit(self, commands: Sequence[Command]) -> list[BalanceEvent]:
         """Run a batch of commands to completion (every trade settled, every ended order
         released) and append everything to the logs. Returns the balance events."""
-        with relaxed_gc():
-            return self._submit(commands)
-
-    def _submit(self, commands: Sequence[Command]) -> list[BalanceEvent]:
         first = self.operations.append([COMMANDS.encode(c) for c in commands])
         produced: list[BalanceEvent] = []
         outputs: dict[str, list[EngineOutput]] = {}

@@ -23,7 +23,8 @@ from ledger.limits import GC_YOUNG_THRESHOLD
 
 @contextmanager
 def relaxed_gc(young: int = GC_YOUNG_THRESHOLD) -> Iterator[None]:
-    """Run the body with the collector's young-generation threshold at least ``young``.
+    """Run the body with the collector's young-generation threshold at least ``young``;
+    as a decorator (``@relaxed_gc()``), run each call of the function that way.
 
     >>> import gc
     >>> before = gc.get_threshold()

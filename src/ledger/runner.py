@@ -76,13 +76,10 @@ class UBSCoreStage:
         self.next_input = batch.next_offset
         return len(batch.values)
 
+    @relaxed_gc()
     def run(self, batch_commands: int = BATCH_COMMANDS_DEFAULT, follow: bool = False, idle_s_max: float = 0.0) -> int:
         """Handle commands until the input is exhausted (or, following, until idle for
         ``idle_s_max`` seconds; 0 = forever). Returns how many were handled."""
-        with relaxed_gc():
-            return self._run(batch_commands, follow, idle_s_max)
-
-    def _run(self, batch_commands: int, follow: bool, idle_s_max: float) -> int:
         handled = 0
         idle_since = time.monotonic()
         while True:

@@ -220,14 +220,18 @@ class State:
 # -- fingerprints: what makes a retry "the same request" -----------------------------
 
 
+def _order_fingerprint(o: PlaceOrder | OrderAccepted) -> tuple[Any, ...]:
+    # An order's fingerprint reads the same fields from the command or its acceptance.
+    return (2, o.symbol, o.side, o.qty, o.price, o.order_type, o.tif, o.quote_budget, o.stp)
+
+
 def command_fingerprint(command: Command) -> tuple[Any, ...]:
     """The fields of a command that a retry must repeat exactly (not its timestamp)."""
     kind = type(command)
     if kind is Deposit or kind is Withdraw:
         return (0 if kind is Deposit else 1, command.asset, command.amount)  # type: ignore[union-attr]
     if kind is PlaceOrder:
-        c: PlaceOrder = command  # type: ignore[assignment]
-        return (2, c.symbol, c.side, c.qty, c.price, c.order_type, c.tif, c.quote_budget, c.stp)
+        return _order_fingerprint(command)  # type: ignore[arg-type]
     if kind is CancelOrder:
         return (3, command.order_id)  # type: ignore[union-attr]
     if isinstance(command, ListAsset):
@@ -269,8 +273,7 @@ def _outcome(
 ) -> tuple[tuple[Any, ...], int, int]:
     """(fingerprint, seq of the outcome, reason) of a request window entry."""
     if type(seen) is OrderAccepted:
-        e = seen
-        return ((2, e.symbol, e.side, e.qty, e.price, e.order_type, e.tif, e.quote_budget, e.stp), e.seq, 0)
+        return _order_fingerprint(seen), seen.seq, 0
     return seen  # type: ignore[return-value]
 
 
@@ -968,12 +971,7 @@ def evolve(state: State, event: BalanceEvent) -> State:
 def _evolve_all(state: State, events: list[BalanceEvent]) -> None:
     """``evolve`` each of ``events`` (what decide just produced), with evolve's checks."""
     for event in events:
-        handler = _EVOLVE.get(type(event))
-        if event.seq != state.seq + 1 or handler is None:
-            evolve(state, event)  # raises the error that explains it
-        else:
-            handler(state, event)
-            state.seq = event.seq
+        evolve(state, event)
 
 
 # -- hashing and snapshots -------------------------------------------------------------
@@ -1114,14 +1112,8 @@ class UBSCore:
 
     def apply(self, event: BalanceEvent) -> None:
         """Replay one event (evolve), keeping the engine cursor in step."""
-        state = self.state
+        evolve(self.state, event)
         kind = type(event)
-        handler = _EVOLVE.get(kind)
-        if event.seq != state.seq + 1 or handler is None:
-            evolve(state, event)  # raises the error that explains it
-        else:  # evolve, inlined: apply runs once per event of every replay
-            handler(state, event)
-            state.seq = event.seq
         if kind is TradeSettled or kind is FundsUnlocked:
             self.engine_cursor[event.symbol] = event.engine_seq  # type: ignore[union-attr,index]
 

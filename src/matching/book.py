@@ -381,17 +381,9 @@ class OrderBook:
         if (best > limit) if buying else (best < limit):
             if market or (tif != _GTC and tif != _POST_ONLY):
                 return self._end_untouched(input_seq, order_id, user, side, tif, market, qty, price)
-            # Rest it: the most common outcome, so it is written out here rather than going
-            # through _end_untouched and add (whose checks were all made above); only a new
-            # level, rarer, takes add().
-            side = _SIDES[side]
-            level = self.levels[side].get(price)
-            if level is None:
-                self.add(order_id, user, side, price, qty)
-            else:
-                level[order_id] = self.orders[order_id] = Resting(order_id, user, side, price, qty)
+            rested = self.add(order_id, user, side, price, qty)
             seq = self.seq = self.seq + 1
-            return [OrderRested(seq, self.symbol, input_seq, order_id, user, side, price, qty)]
+            return [OrderRested(seq, self.symbol, input_seq, order_id, user, rested.side, price, qty)]
         if tif == _POST_ONLY:
             self.finish(order_id)
             self.seq += 1
@@ -406,12 +398,7 @@ class OrderBook:
         if remaining:
             self._end_remainder(input_seq, order_id, user, side, tif, market, remaining, price, stopped, outputs)
         else:
-            # finish(order_id), written out: a taker filled in full is the next most common end.
-            self.finished.add(order_id)
-            finished_order = self.finished_order
-            finished_order.append(order_id)
-            if len(finished_order) > self.finished_ids_max:
-                self.finished.discard(finished_order.popleft())
+            self.finish(order_id)
         return outputs
 
     def cancel(self, input_seq: int, order_id: int, user: int) -> list[EngineOutput]:
@@ -423,18 +410,8 @@ class OrderBook:
             return [OrderRejected(self.seq, self.symbol, input_seq, order_id, user, _UNKNOWN)]
         if order.user != user:
             raise BookError(f"cancel of order {order_id} by user {user}, but user {order.user} owns it")
-        # remove(order) and finish(order_id), written out: a quarter of commands are cancels.
-        side = order.side
-        level = self.levels[side][order.price]
-        del level[order_id]
-        if not level:
-            self._drop_level(side, order.price)
-        del self.orders[order_id]
-        self.finished.add(order_id)
-        finished_order = self.finished_order
-        finished_order.append(order_id)
-        if len(finished_order) > self.finished_ids_max:
-            self.finished.discard(finished_order.popleft())
+        self.remove(order)
+        self.finish(order_id)
         seq = self.seq = self.seq + 1
         return [OrderCancelled(seq, self.symbol, input_seq, order_id, user, order.remaining, _CANCELLED_BY_USER)]
 

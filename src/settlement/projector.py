@@ -225,6 +225,7 @@ class Projector:
         """Ask a following ``run`` to return after its current batch."""
         self._stop = True
 
+    @relaxed_gc()
     def run(self, follow: bool = False, max_seconds: float | None = None) -> ProjectionReport:
         """Project every stream up to its end (the end offset seen when a pass starts);
         with ``follow``, keep polling for new records until ``stop()``, ``max_seconds``,
@@ -233,10 +234,6 @@ class Projector:
         A ``StoreError`` (the store failed a commit after its retries) propagates; the
         checkpoint stays before the failed commit. Make a new ``Projector`` to go on: it
         resumes from the store's checkpoint."""
-        with relaxed_gc():
-            return self._run(follow, max_seconds)
-
-    def _run(self, follow: bool, max_seconds: float | None) -> ProjectionReport:
         started = time.monotonic()
         discovered_at = started
         while not self._stop:
