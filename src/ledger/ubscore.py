@@ -746,7 +746,7 @@ def _evolve_deposited(state: State, e: Deposited) -> None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
     account = state.accounts.get(e.user)
     created = account is None
-    if created or len(account) != state.width:
+    if account is None or len(account) != state.width:
         account = _account_for(state, e.user)
     if account[2 * index] + e.amount != e.available or account[2 * index + 1] != e.locked:
         if created:
@@ -764,7 +764,7 @@ def _evolve_withdrawn(state: State, e: Withdrawn) -> None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
     account = state.accounts.get(e.user)
     created = account is None
-    if created or len(account) != state.width:
+    if account is None or len(account) != state.width:
         account = _account_for(state, e.user)
     if account[2 * index] - e.amount != e.available or account[2 * index + 1] != e.locked:
         if created:
@@ -789,7 +789,7 @@ def _evolve_accepted(state: State, e: OrderAccepted) -> None:
     user = e.user
     account = state.accounts.get(user)
     created = account is None
-    if created or len(account) != state.width:
+    if account is None or len(account) != state.width:
         account = _account_for(state, user)
     i = 2 * index
     amount = e.lock_amount
@@ -875,7 +875,7 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         tk = _account_for(state, taker_user)
     fee = accounts.get(FEE_ACCOUNT_USER)
     fee_created = fee is None
-    if fee_created or len(fee) != width:
+    if fee is None or len(fee) != width:
         fee = _account_for(state, FEE_ACCOUNT_USER)
     maker_buys = e.maker_side == _BUY
     if maker_buys:
