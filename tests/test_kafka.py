@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 
+import msgspec
 import pytest
 
-from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, LogError, replay
+from ledger import COMMANDS, EVENTS, DecodeError, FileLog, FsyncPolicy, LogError, replay
 from ledger.log import scan
 from support import run_exchange, seeded_commands
 
@@ -106,3 +107,33 @@ def test_ubscore_stage_killed_on_kafka_loses_and_doubles_nothing(kafka_log_facto
     reader = KafkaLog(source.bootstrap, events_topic)
     assert_exactly_once(reader, len(commands), expected_hash, expected_seq)
     reader.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xc1 not msgpack", msgspec.msgpack.encode(["NoSuchEvent", 1, 2, 3])],
+    ids=["malformed", "unknown-event-type"],
+)
+def test_a_bad_record_on_a_topic_stops_replay_naming_topic_partition_and_offset(kafka_log_factory, bad) -> None:
+    _core, events = run_exchange(seeded_commands(seed=5, count=200))
+    log = kafka_log_factory()
+    log.append([EVENTS.encode(e) for e in events[:20]])
+    log.append([bad])
+    log.append([EVENTS.encode(e) for e in events[20:]])
+    reader = type(log)(log.bootstrap, log.topic)
+    with pytest.raises(DecodeError, match=rf"kafka {log.topic}\[0\] offset 20\b"):
+        replay(reader)
+    reader.close()
+    log.close()
+
+
+@pytest.mark.slow
+def test_a_broker_that_stays_down_is_a_clear_error_after_a_bounded_wait() -> None:
+    from ledger.kafkalog import KAFKA_TIMEOUT_S, KafkaLog
+
+    log = KafkaLog("127.0.0.1:1", "no-broker-here")  # nothing listens on port 1
+    started = time.monotonic()
+    with pytest.raises(LogError, match=r"kafka no-broker-here\[0\]: cannot read watermarks"):
+        log.end_offset()
+    assert time.monotonic() - started < KAFKA_TIMEOUT_S + 15
+    log.close()
