@@ -46,8 +46,8 @@ from ledger import (
     replay,
 )
 from ledger.gctune import relaxed_gc
-from ledger.log import scan
-from matching.events import OrderCancelled, Trade
+from ledger.logs.base import scan
+from ledger.protocol.outputs import OrderCancelled, Trade
 
 SYMBOL = "BTC-USDT"
 

@@ -17,10 +17,10 @@ import time
 
 import msgspec
 
-from ledger.demo import BATCH_COMMANDS, Workload, run_demo
-from ledger.exchange import Exchange
-from ledger.filelog import FsyncPolicy
-from ledger.log import MemoryLog
+from ledger.app.demo import BATCH_COMMANDS, Workload, run_demo
+from ledger.app.exchange import Exchange
+from ledger.logs.base import MemoryLog
+from ledger.logs.file import FsyncPolicy
 
 
 def in_memory(orders: int, users: int, symbols: int, seed: int) -> dict:

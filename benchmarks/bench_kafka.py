@@ -9,7 +9,7 @@ without transactions.
    the end with ``assign()`` and read_committed: reading alone, reading + decoding, and
    ``ledger.replay`` (read + decode + evolve into a UBSCore). Target: 300,000 events/s.
 3. Stage: appends balance.operations to a fresh topic, then runs the UBSCore stage
-   (``ledger.runner.UBSCoreStage``) over it into a fresh events topic, once with a
+   (``ledger.app.stage.UBSCoreStage``) over it into a fresh events topic, once with a
    transactional producer (one transaction per batch of ``--batch`` commands: what a
    stage uses) and once idempotent-only, and reports commands/s and the ratio.
 
@@ -28,13 +28,13 @@ from typing import Any
 
 import msgspec
 
-from ledger.codec import EVENTS
-from ledger.demo import run_demo
-from ledger.filelog import FileLog, FsyncPolicy
-from ledger.kafkalog import KafkaLog, ensure_topic
-from ledger.log import Log, scan
+from ledger.app.demo import run_demo
+from ledger.app.stage import UBSCoreStage
+from ledger.logs.base import Log, scan
+from ledger.logs.file import FileLog, FsyncPolicy
+from ledger.logs.kafka import KafkaLog, ensure_topic
+from ledger.protocol.codec import EVENTS
 from ledger.replay import replay
-from ledger.runner import UBSCoreStage
 
 APPEND_CHUNK_RECORDS = 10_000
 

@@ -30,12 +30,12 @@ from typing import Any
 
 import msgspec
 
-from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
-from ledger.events import CancelRequested, OrderAccepted, SymbolListed
 from ledger.gctune import relaxed_gc
-from ledger.market import Symbol
+from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
+from ledger.protocol.events import CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.market import Symbol
+from ledger.protocol.outputs import Trade
 from matching.engine import MatchingEngine
-from matching.events import Trade
 
 SYMBOL = Symbol("BENCH", "B", "Q", lot=1, tick=1)
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import msgspec
 
-from ledger.codec import EVENTS, OUTPUTS
-from ledger.demo import run_demo
-from ledger.filelog import FileLog, FsyncPolicy
-from ledger.log import scan
+from ledger.app.demo import run_demo
+from ledger.logs.base import scan
+from ledger.logs.file import FileLog, FsyncPolicy
+from ledger.protocol.codec import EVENTS, OUTPUTS
 from settlement.model import Projection, Write
 from settlement.projector import BALANCE, Projector, Source, file_sources
 from settlement.sqlite import SQLiteStore

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.commands import COMMAND_TYPES
-from ledger.events import BALANCE_EVENT_TYPES
-from matching.events import ENGINE_OUTPUT_TYPES
+from ledger.protocol.commands import COMMAND_TYPES
+from ledger.protocol.events import BALANCE_EVENT_TYPES
+from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES
 
 
 def type_name(annotation: object) -> str:

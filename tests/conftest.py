@@ -72,7 +72,7 @@ def kafka_log_factory(kafka_bootstrap, request):
     import re
     import uuid
 
-    from ledger.kafkalog import KafkaLog, ensure_topic
+    from ledger.logs.kafka import KafkaLog, ensure_topic
 
     def make(transactional: bool = False):
         name = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:150]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.commands import Command, OrderType, Side, TimeInForce
-from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
-from ledger.reasons import Reason
+from ledger.protocol.commands import Command, OrderType, Side, TimeInForce
+from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
-from matching.events import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 
 
 class NaiveMatcher:
@@ -130,7 +130,7 @@ def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
     """A long, valid-heavy random stream (deterministic for a seed) for soak-style tests."""
     import random
 
-    from ledger.commands import CancelOrder, Deposit, PlaceOrder, Withdraw
+    from ledger.protocol.commands import CancelOrder, Deposit, PlaceOrder, Withdraw
     from ledger.strategies import DEFAULT_MARKET, listing_commands
 
     rng = random.Random(seed)

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 
 from ledger import AMOUNT_MAX, EVENTS, OUTPUTS, DecodeError, Deposited
-from ledger.codec import COMMANDS
-from ledger.events import BALANCE_EVENT_TYPES
+from ledger.protocol.codec import COMMANDS
+from ledger.protocol.events import BALANCE_EVENT_TYPES
+from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES
 from ledger.strategies import commands, engine_outputs, events
-from matching.events import ENGINE_OUTPUT_TYPES
 
 
 @given(events())

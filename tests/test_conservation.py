@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from ledger.events import FundsUnlocked, OrderAccepted, TradeSettled
+from ledger.protocol.events import FundsUnlocked, OrderAccepted, TradeSettled
 from ledger.strategies import command_streams
 from support import run_exchange, seeded_commands
 

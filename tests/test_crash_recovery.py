@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError, replay
-from ledger.log import LogError, scan
-from ledger.runner import UBSCoreStage
+from ledger.app.stage import UBSCoreStage
+from ledger.logs.base import LogError, scan
 from support import seeded_commands
 
 COMMAND_COUNT = 20_000
@@ -55,8 +55,8 @@ def test_stage_killed_at_random_points_loses_and_doubles_nothing(tmp_path: Path,
     with FileLog(commands_dir, fsync=FsyncPolicy.NEVER) as log:
         log.append([COMMANDS.encode(c) for c in commands])
     rng = random.Random(1234)
-    argv = [sys.executable, "-m", "ledger.runner", "--commands", str(commands_dir), "--events", str(events_dir),
-            "--batch", "20"]
+    argv = [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", "--commands", str(commands_dir),
+            "--events", str(events_dir), "--batch", "20"]
     kills = 0
     # Kill once the output passes a random seq (a timed kill races the stage's speed and
     # may find it finished), after a random pause so kills land inside batches too.

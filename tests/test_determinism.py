@@ -44,7 +44,7 @@ def test_hash_is_the_same_in_processes_with_different_hash_seeds(exchange_log) -
     for seed in ("0", "1", "12345", "random"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(
-            [sys.executable, "-m", "ledger.cli", "replay", "--log", str(path), "--json", "--no-progress"],
+            [sys.executable, "-m", "ledger.app.cli", "replay", "--log", str(path), "--json", "--no-progress"],
             env=env,
             capture_output=True,
             text=True,

@@ -28,10 +28,11 @@ def test_readme_python_blocks_run(capsys) -> None:
     "module",
     [
         "ledger",
-        "ledger.market",
-        "ledger.ubscore",
+        "ledger.protocol.market",
+        "ledger.ubscore.core",
+        "matching",
         "ledger.gctune",
-        "ledger.filelog",
+        "ledger.logs.file",
         "ledger.strategies",
         "settlement",
         "settlement.store",
@@ -44,9 +45,9 @@ def test_module_doctests(module: str) -> None:
 
 
 def test_event_catalogue_names_every_type_and_field() -> None:
-    from ledger.commands import COMMAND_TYPES
-    from ledger.events import BALANCE_EVENT_TYPES
-    from matching.events import ENGINE_OUTPUT_TYPES
+    from ledger.protocol.commands import COMMAND_TYPES
+    from ledger.protocol.events import BALANCE_EVENT_TYPES
+    from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES
 
     catalogue = (ROOT / "docs" / "events.md").read_text()
     for kind in (*COMMAND_TYPES, *BALANCE_EVENT_TYPES, *ENGINE_OUTPUT_TYPES):
@@ -58,8 +59,8 @@ def test_event_catalogue_names_every_type_and_field() -> None:
 
 def test_settlement_guide_python_block_runs(tmp_path, monkeypatch, capsys) -> None:
     """docs/settlement.md's example, on logs made by the demo in a scratch directory."""
-    from ledger.demo import run_demo
-    from ledger.filelog import FsyncPolicy
+    from ledger.app.demo import run_demo
+    from ledger.logs.file import FsyncPolicy
 
     monkeypatch.chdir(tmp_path)
     run_demo(tmp_path / "demo-data", users=50, orders=2_000, progress=False, fsync=FsyncPolicy.NEVER)

@@ -21,10 +21,10 @@ from ledger import (
     Symbol,
     TradeSettled,
 )
-from ledger.demo import Workload
-from ledger.exchange import Exchange, verify
-from ledger.reasons import Reason
-from matching.events import OrderCancelled
+from ledger.app.demo import Workload
+from ledger.app.exchange import Exchange, verify
+from ledger.protocol.outputs import OrderCancelled
+from ledger.protocol.reasons import Reason
 from test_conservation import assert_conserved
 
 BTC = 10**8  # satoshi per BTC
@@ -155,7 +155,7 @@ def test_seeded_workload_is_deterministic_and_snapshots_are_equivalent() -> None
 
 @pytest.mark.slow
 def test_the_demo_command_passes_its_own_checks(tmp_path) -> None:
-    from ledger.cli import main
+    from ledger.app.cli import main
 
     assert main(["demo", "--dir", str(tmp_path / "demo"), "--orders", "3000", "--users", "50",
                  "--fsync", "never", "--no-progress", "--json"]) == 0

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from ledger import COMMANDS, EVENTS, DecodeError, FileLog, FsyncPolicy, LogError, replay
-from ledger.log import scan
+from ledger.logs.base import scan
 from support import run_exchange, seeded_commands
 
 pytestmark = pytest.mark.kafka
@@ -46,7 +46,7 @@ def test_replay_from_kafka_equals_replay_from_a_file(kafka_log_factory, tmp_path
     assert replay(reader).state_hash() == file_hash == core.state_hash()
     # The command line gives the same hash.
     out = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "replay", "--kafka", topic_log.bootstrap, "--topic", topic_log.topic,
+        [sys.executable, "-m", "ledger.app.cli", "replay", "--kafka", topic_log.bootstrap, "--topic", topic_log.topic,
          "--json", "--no-progress"],
         capture_output=True, text=True, timeout=120,
     )
@@ -80,11 +80,11 @@ def test_ubscore_stage_killed_on_kafka_loses_and_doubles_nothing(kafka_log_facto
     for start in range(0, len(commands), 5_000):
         source.append([COMMANDS.encode(c) for c in commands[start : start + 5_000]])
     events_topic = source.topic + "-events"
-    from ledger.kafkalog import KafkaLog, ensure_topic
+    from ledger.logs.kafka import KafkaLog, ensure_topic
 
     ensure_topic(source.bootstrap, events_topic)
-    argv = [sys.executable, "-m", "ledger.runner", "--kafka", source.bootstrap, "--commands-topic", source.topic,
-            "--events-topic", events_topic, "--batch", "100"]
+    argv = [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", "--kafka", source.bootstrap,
+            "--commands-topic", source.topic, "--events-topic", events_topic, "--batch", "100"]
     rng = random.Random(99)
     kills = 0
     watcher = KafkaLog(source.bootstrap, events_topic)
@@ -129,7 +129,7 @@ def test_a_bad_record_on_a_topic_stops_replay_naming_topic_partition_and_offset(
 
 @pytest.mark.slow
 def test_a_broker_that_stays_down_is_a_clear_error_after_a_bounded_wait() -> None:
-    from ledger.kafkalog import KAFKA_TIMEOUT_S, KafkaLog
+    from ledger.logs.kafka import KAFKA_TIMEOUT_S, KafkaLog
 
     log = KafkaLog("127.0.0.1:1", "no-broker-here")  # nothing listens on port 1
     started = time.monotonic()

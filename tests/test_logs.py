@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ledger import CorruptRecordError, FileLog, FsyncPolicy, LogError, MemoryLog
-from ledger.filelog import FRAME_BYTES, HEADER_BYTES
-from ledger.log import scan
+from ledger.logs.base import scan
+from ledger.logs.file import FRAME_BYTES, HEADER_BYTES
 
 
 @pytest.fixture(params=["memory", "file", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -160,7 +160,7 @@ def test_a_crash_while_creating_a_segment_leaves_every_offset_readable(tmp_path:
     """The segment file was cut inside its header; the reopened writer must index the
     records it then appends from the first one (a stale entry once made every read past
     INDEX_STRIDE_RECORDS return records from the segment's start)."""
-    from ledger.limits import INDEX_STRIDE_RECORDS
+    from ledger.protocol.limits import INDEX_STRIDE_RECORDS
 
     (tmp_path / "00000000000000000000.seg").write_bytes(b"LEDG")
     log = FileLog(tmp_path, fsync=FsyncPolicy.NEVER)

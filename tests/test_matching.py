@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from ledger.commands import (
+from ledger.protocol.commands import (
     CancelOrder,
     Deposit,
     ListAsset,
@@ -29,13 +29,13 @@ from ledger.commands import (
     Side,
     TimeInForce,
 )
-from ledger.events import CancelRequested, Deposited, OrderAccepted, Rejected, SymbolListed
-from ledger.market import Asset, Symbol
-from ledger.reasons import Reason
+from ledger.protocol.events import CancelRequested, Deposited, OrderAccepted, Rejected, SymbolListed
+from ledger.protocol.market import Asset, Symbol
+from ledger.protocol.outputs import OrderRejected, OrderRested, Trade
+from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
 from matching.book import R_ID, BookError, OrderBook
 from matching.engine import EngineError, MatchingEngine
-from matching.events import OrderRejected, OrderRested, Trade
 
 SYMBOL = Symbol("X-Y", "X", "Y", lot=100, tick=10)
 BUY, SELL = Side.BUY, Side.SELL
@@ -346,5 +346,5 @@ def test_module_doctests(module: str) -> None:
 
 def test_matching_can_be_imported_before_ledger() -> None:
     # ledger and matching import each other's modules; either may come first in a program.
-    for first in ("matching", "matching.engine", "matching.book", "matching.events"):
+    for first in ("matching", "matching.engine", "matching.book", "ledger.protocol.outputs"):
         subprocess.run([sys.executable, "-c", f"import {first}"], check=True, capture_output=True)

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import OUTPUTS
-from ledger.commands import (
+from ledger.protocol.commands import (
     CancelOrder,
     Deposit,
     ListAsset,
@@ -40,13 +40,13 @@ from ledger.commands import (
     Side,
     TimeInForce,
 )
-from ledger.events import CancelRequested, OrderAccepted, SymbolListed
-from ledger.market import Asset, Symbol
-from ledger.reasons import Reason
+from ledger.protocol.events import CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.market import Asset, Symbol
+from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
 from matching.book import OrderBook
 from matching.engine import EngineError, MatchingEngine
-from matching.events import ENGINE_OUTPUT_TYPES, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 
 SYMBOL = Symbol("X-Y", "X", "Y", lot=100, tick=10)
 PRICE_LOW, PRICE_HIGH = 95, 105

@@ -6,10 +6,10 @@ import msgspec
 import pytest
 
 from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError, replay
-from ledger.commands import Side
-from ledger.events import Deposited, OrderAccepted, TradeSettled, Withdrawn
+from ledger.protocol.commands import Side
+from ledger.protocol.events import Deposited, OrderAccepted, TradeSettled, Withdrawn
+from ledger.protocol.outputs import Trade
 from ledger.ubscore import UBSCore, evolve
-from matching.events import Trade
 from support import run_exchange, seeded_commands
 
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from ledger import EVENTS, OUTPUTS, Deposit, Deposited, MemoryLog, OrderType, PlaceOrder, Side, TimeInForce
-from ledger.log import ReadBatch
+from ledger.logs.base import ReadBatch
 from settlement import Projector, Queries, Source, dump, verify_store
 from settlement.model import BUCKET_SEQS, STATUS_FILLED, STATUS_OPEN
 from settlement.projector import BALANCE, ENGINE, REFETCH, REFETCH_TRIES_MAX
@@ -439,7 +439,7 @@ def test_projecting_from_kafka_topics_equals_projecting_from_the_logs(kafka_log_
     argv = [
         sys.executable,
         "-m",
-        "ledger.cli",
+        "ledger.app.cli",
         "project",
         "--kafka",
         balance_topic.bootstrap,
@@ -458,7 +458,7 @@ def test_projecting_from_kafka_topics_equals_projecting_from_the_logs(kafka_log_
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "ledger.app.cli",
             "verify",
             "--kafka",
             balance_topic.bootstrap,
@@ -511,7 +511,8 @@ def test_the_command_line_reports_a_gap_and_verify_finds_the_difference(tmp_path
     store = f"sqlite:{tmp_path / 'projection.db'}"
 
     def ledger(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ledger.cli", *argv], capture_output=True, text=True, timeout=120)
+        argv_all = [sys.executable, "-m", "ledger.app.cli", *argv]
+        return subprocess.run(argv_all, capture_output=True, text=True, timeout=120)
 
     project = ledger("project", "--source", str(broken), "--store", store)
     assert project.returncode == 1, project.stdout + project.stderr
@@ -533,8 +534,8 @@ def test_the_command_line_reports_a_gap_and_verify_finds_the_difference(tmp_path
 def test_a_cancel_that_lost_the_race_leaves_the_ended_order_alone(new_store: StoreFactory) -> None:
     """The engine answers a cancel of an order that has just ended with OrderRejected
     (UNKNOWN_ORDER); that answer must not rewrite how the order ended."""
-    from ledger.reasons import Reason
-    from matching.events import OrderRejected, OrderRested
+    from ledger.protocol.outputs import OrderRejected, OrderRested
+    from ledger.protocol.reasons import Reason
     from settlement.model import Projection, Write
     from settlement.store import Checkpoint
 
@@ -611,7 +612,7 @@ def test_following_file_logs_written_by_another_process(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "ledger.app.cli",
             "project",
             "--follow",
             "--max-seconds",

@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from ledger.demo import run_demo
-from ledger.filelog import FsyncPolicy
+from ledger.app.demo import run_demo
+from ledger.logs.file import FsyncPolicy
 from settlement import Projector, dump, file_sources
 from settlement.sqlite import SQLiteStore
 
@@ -52,7 +52,7 @@ def project_command(root: Path, store_url: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "ledger.cli",
+        "ledger.app.cli",
         "project",
         "--log",
         str(root),
@@ -96,8 +96,8 @@ def kill_repeatedly(root: Path, store_url: str, open_store: Any, rng: random.Ran
 
 
 def _events(root: Path) -> Any:
-    from ledger.filelog import FileLog
-    from ledger.log import scan
+    from ledger.logs.base import scan
+    from ledger.logs.file import FileLog
 
     with FileLog(root / "balance.events", readonly=True) as log:
         for batch in scan(log):
@@ -120,7 +120,7 @@ def finish_and_check(root: Path, store_url: str, open_store: Any, reference: dic
     finally:
         store.close()
     verify = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "verify", "--log", str(root), "--store", store_url],
+        [sys.executable, "-m", "ledger.app.cli", "verify", "--log", str(root), "--store", store_url],
         capture_output=True,
         text=True,
         timeout=600,

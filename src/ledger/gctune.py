@@ -18,7 +18,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ledger.limits import GC_YOUNG_THRESHOLD
+from ledger.protocol.limits import GC_YOUNG_THRESHOLD
 
 
 @contextmanager

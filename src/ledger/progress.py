@@ -37,9 +37,7 @@ class Progress:
         width = 30
         filled = width * self.done // self.total if self.total else 0
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(
-            f"\r{self.label} [{bar}] {self.done:,}/{self.total:,}{share} {self.done / elapsed:,.0f}/s"
-        )
+        self.stream.write(f"\r{self.label} [{bar}] {self.done:,}/{self.total:,}{share} {self.done / elapsed:,.0f}/s")
         self.stream.flush()
 
     def close(self) -> None:

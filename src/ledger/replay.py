@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from ledger.codec import EVENTS
 from ledger.gctune import relaxed_gc
-from ledger.log import Log, scan
+from ledger.logs.base import Log, scan
 from ledger.progress import Progress
+from ledger.protocol.codec import EVENTS
 from ledger.ubscore import SequenceError, UBSCore
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ledger.commands import (
+from ledger.protocol.commands import (
     CancelOrder,
     Command,
     Deposit,
@@ -34,16 +34,16 @@ from ledger.commands import (
     TimeInForce,
     Withdraw,
 )
-from ledger.events import (
+from ledger.protocol.events import (
     BALANCE_EVENT_TYPES,
     AssetListed,
     BalanceEvent,
     Rejected,
     SymbolListed,
 )
-from ledger.limits import AMOUNT_MAX
-from ledger.market import Asset, Market, Symbol
-from matching.events import ENGINE_OUTPUT_TYPES, EngineOutput
+from ledger.protocol.limits import AMOUNT_MAX
+from ledger.protocol.market import Asset, Market, Symbol
+from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, EngineOutput
 
 DEFAULT_MARKET = Market(
     [Asset("BTC", 8), Asset("ETH", 18), Asset("USDT", 6)],
@@ -92,10 +92,10 @@ def commands(
     user = st.integers(1, users)
     # Mostly fresh ids, sometimes one of a few: retries and conflicts, but not always.
     request_id = st.one_of(st.integers(0, 2**40), st.integers(0, 2**40), st.integers(0, request_ids))
-    asset = st.one_of(st.sampled_from(sorted(market.assets)), st.sampled_from(sorted(market.assets)),
-                      st.just("NOPE"))
-    symbol = st.one_of(st.sampled_from(sorted(market.symbols)), st.sampled_from(sorted(market.symbols)),
-                       st.just("NOPE-X"))
+    asset = st.one_of(st.sampled_from(sorted(market.assets)), st.sampled_from(sorted(market.assets)), st.just("NOPE"))
+    symbol = st.one_of(
+        st.sampled_from(sorted(market.symbols)), st.sampled_from(sorted(market.symbols)), st.just("NOPE-X")
+    )
     amount = st.one_of(amounts(), amounts(), amounts(), bad_amounts())
     ts = st.integers(0, 2**41)
     limit = st.builds(

@@ -1,10 +1,16 @@
-"""Per-symbol order books and the events the matching engine emits (engine.outputs)."""
+"""Deterministic per-symbol order books (price-time priority) and the matching engine
+that drives them from balance.events and writes each symbol's engine.outputs.
 
-# ledger's codec imports matching.events, and matching.events imports ledger.commands:
-# initialising ledger first lets ``import matching`` (or matching.engine) come first in a
-# program without hitting the half-initialised cycle.
-import ledger  # noqa: F401
-from matching.events import (
+The engine reads only the shared vocabulary (``ledger.protocol``): it never imports the
+UBSCore reducer, and UBSCore never imports it; only ``ledger.app`` wires the two.
+
+>>> from matching import MatchingEngine
+>>> MatchingEngine("BTC-USDT").symbol
+'BTC-USDT'
+"""
+
+from ledger.protocol.outputs import (
+    ENGINE_OUTPUT_TYPES,
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -12,9 +18,16 @@ from matching.events import (
     OrderRested,
     Trade,
 )
+from matching.book import BookError, OrderBook
+from matching.engine import EngineError, MatchingEngine
 
 __all__ = [
+    "ENGINE_OUTPUT_TYPES",
+    "BookError",
+    "EngineError",
     "EngineOutput",
+    "MatchingEngine",
+    "OrderBook",
     "OrderCancelled",
     "OrderExpired",
     "OrderRejected",

@@ -2,7 +2,7 @@
 
 The book is the matching engine's state and its rules. ``place``, ``cancel``,
 ``amend_qty`` and ``amend_price`` decide and apply in one step and return the output
-records (``matching.events``) they caused, numbered with the stream's ``seq``;
+records (``ledger.protocol.outputs``) they caused, numbered with the stream's ``seq``;
 ``apply`` rebuilds the same state from those records alone (replay).
 
 Layout (chosen first, for the hot path): per side a dict ``price -> Level`` of resting
@@ -72,10 +72,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
-from ledger.limits import ORDER_PRICE_TICKS_MAX
-from ledger.reasons import Reason
-from matching.events import (
+from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
+from ledger.protocol.limits import ORDER_PRICE_TICKS_MAX
+from ledger.protocol.outputs import (
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -83,6 +82,7 @@ from matching.events import (
     OrderRested,
     Trade,
 )
+from ledger.protocol.reasons import Reason
 
 # Ended order ids remembered so a reused id is rejected, not matched. Ids come from
 # UBSCore as (shard << 48) | seq and never repeat, so this window is a second line of
@@ -115,6 +115,7 @@ class Resting(msgspec.Struct, gc=False):
     def __getitem__(self, index: int) -> Any:
         """The field at ``index`` (``R_ID`` .. ``R_REMAINING``), as when an order was a list."""
         return getattr(self, self.__struct_fields__[index])
+
 
 # ``best`` holds these when a side is empty. They lie outside every valid price, so a
 # comparison against them never crosses and the hot path needs no None test.
@@ -178,8 +179,18 @@ class OrderBook:
     limit orders alone may leave it None until the symbol's definition is known.
     """
 
-    __slots__ = ("symbol", "tick", "seq", "levels", "heaps", "best", "orders", "finished", "finished_order",
-                 "finished_ids_max")
+    __slots__ = (
+        "symbol",
+        "tick",
+        "seq",
+        "levels",
+        "heaps",
+        "best",
+        "orders",
+        "finished",
+        "finished_order",
+        "finished_ids_max",
+    )
 
     def __init__(self, symbol: str = "", tick: int | None = None, finished_ids_max: int = FINISHED_IDS_MAX) -> None:
         if finished_ids_max < 1:
@@ -430,8 +441,7 @@ class OrderBook:
             raise BookError(f"amend of order {order_id} by user {user}, but user {order.user} owns it")
         self.reduce(order_id, qty_remaining)
         self.seq += 1
-        return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, order.side, order.price,
-                            qty_remaining)]
+        return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, order.side, order.price, qty_remaining)]
 
     def amend_price(
         self, input_seq: int, order_id: int, user: int, price: int, stp: int = _CANCEL_TAKER
@@ -514,8 +524,9 @@ class OrderBook:
         elif tif == _GTC:
             self.add(order_id, user, side, price, remaining)
             self.seq += 1
-            outputs.append(OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price,
-                                       remaining))
+            outputs.append(
+                OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price, remaining)
+            )
             return
         else:
             reason = _IOC_REMAINDER
@@ -600,14 +611,46 @@ class OrderBook:
                 if fill == available:
                     gone.append(maker_id)
                     del orders[maker_id]
-                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker.user, maker_id, user,
-                                 order_id, taker_limit_price, True, not remaining))
+                    append(
+                        Trade(
+                            seq,
+                            symbol,
+                            input_seq,
+                            seq,
+                            price,
+                            fill,
+                            maker_side_enum,
+                            maker.user,
+                            maker_id,
+                            user,
+                            order_id,
+                            taker_limit_price,
+                            True,
+                            not remaining,
+                        )
+                    )
                     if remaining == 0:
                         break
                 else:
                     maker.remaining = available - fill
-                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker.user, maker_id, user,
-                                 order_id, taker_limit_price, False, not remaining))
+                    append(
+                        Trade(
+                            seq,
+                            symbol,
+                            input_seq,
+                            seq,
+                            price,
+                            fill,
+                            maker_side_enum,
+                            maker.user,
+                            maker_id,
+                            user,
+                            order_id,
+                            taker_limit_price,
+                            False,
+                            not remaining,
+                        )
+                    )
                     if remaining:
                         # Only the budget leaves both taker and maker open, and what it
                         # has left is less than a lot here.
@@ -719,9 +762,7 @@ class OrderBook:
         # quantity here and its new state follows in OrderRested or OrderCancelled.
         taker = self.orders.get(t.taker_order_id)
         if taker is not None and (
-            taker.side == t.maker_side
-            or t.qty > taker.remaining
-            or t.taker_done != (t.qty == taker.remaining)
+            taker.side == t.maker_side or t.qty > taker.remaining or t.taker_done != (t.qty == taker.remaining)
         ):
             raise BookError(f"{where}: repriced taker {t.taker_order_id} cannot give {t.qty}")
         if t.qty == maker.remaining:

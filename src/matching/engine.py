@@ -19,9 +19,9 @@ engine.outputs gives the same ``state_hash`` as the live engine, and
 ``from_snapshot(snapshot())`` plus the outputs after it gives the same again. The symbol
 definition is not part of the hashed state (outputs do not carry it); snapshots carry it.
 
->>> from ledger.commands import OrderType, SelfTrade, Side, TimeInForce
->>> from ledger.events import OrderAccepted, SymbolListed
->>> from ledger.market import Symbol
+>>> from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
+>>> from ledger.protocol.events import OrderAccepted, SymbolListed
+>>> from ledger.protocol.market import Symbol
 >>> engine = MatchingEngine("BTC-USDT")
 >>> engine.handle(SymbolListed(1, 0, 1, Symbol("BTC-USDT", "BTC", "USDT", 1000, 10)))
 []
@@ -40,11 +40,11 @@ from typing import Any
 
 import msgspec
 
-from ledger.commands import SelfTrade
-from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
-from ledger.market import DefinitionError, Symbol
+from ledger.protocol.commands import SelfTrade
+from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.market import DefinitionError, Symbol
+from ledger.protocol.outputs import EngineOutput
 from matching.book import FINISHED_IDS_MAX, BookError, OrderBook
-from matching.events import EngineOutput
 
 SNAPSHOT_FORMAT = "matching-snapshot"
 # Bumped whenever the snapshot's layout changes; readers accept every version up to theirs.

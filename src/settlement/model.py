@@ -35,8 +35,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger.commands import Side
-from ledger.events import (
+from ledger.protocol.commands import Side
+from ledger.protocol.events import (
     UNLOCK_CANCELLED,
     UNLOCK_EXPIRED,
     UNLOCK_FILLED,
@@ -52,10 +52,10 @@ from ledger.events import (
     TradeSettled,
     Withdrawn,
 )
-from ledger.limits import FEE_ACCOUNT_USER
-from ledger.market import Asset, Symbol
-from ledger.reasons import Reason
-from matching.events import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.limits import FEE_ACCOUNT_USER
+from ledger.protocol.market import Asset, Symbol
+from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.reasons import Reason
 
 # Rows of one stream per partition bucket. A user's ledger partition for one asset gets at
 # most one row per event of its stream (the fee account gets one per trade), so 2**18

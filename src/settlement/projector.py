@@ -37,13 +37,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ledger.codec import EVENTS, OUTPUTS, DecodeError
 from ledger.gctune import relaxed_gc
-from ledger.log import Log
+from ledger.logs import layout
+from ledger.logs.base import Log
+from ledger.protocol.codec import EVENTS, OUTPUTS, DecodeError
 from settlement.model import Projection, ProjectionError, Write
 from settlement.store import FAULT_CONFLICT, FAULT_GAP, FAULT_MALFORMED, Checkpoint, Fault, SavedState, Store
 
@@ -426,26 +428,23 @@ class Projector:
         log.error("stream %s halted at seq %d: %s", stream.source.stream, stream.folded, fault.detail)
 
 
-def file_sources(directory: str, skip: set[str] | frozenset[str] = frozenset()) -> list[Source]:
-    """The streams of a file-log directory laid out as ``ledger demo`` writes it:
-    ``balance.events`` and ``engine.outputs/<symbol>``, less those named in ``skip``
-    (``file_sources(d, known)`` as a ``Projector``'s ``discover`` finds new symbols)."""
-    from pathlib import Path
+def file_sources(directory: str | Path, skip: set[str] | frozenset[str] = frozenset()) -> list[Source]:
+    """The streams of a file-log deployment laid out as ``ledger.logs.layout`` defines it:
+    balance.events and one engine.outputs stream per symbol, less those named in
+    ``skip`` (``file_sources(d, known)`` as a ``Projector``'s ``discover`` finds new
+    symbols)."""
+    from ledger.logs.file import FileLog
 
-    from ledger.filelog import FileLog
-
-    root = Path(directory)
-    if not (root / "balance.events").is_dir():
-        raise ValueError(f"{root}: no balance.events log here")
+    events = layout.events_dir(directory)
+    if not events.is_dir():
+        raise ValueError(f"{directory}: no {layout.EVENTS} log here")
     sources = []
-    if "balance.events" not in skip:
-        sources.append(Source("balance.events", FileLog(root / "balance.events", readonly=True), BALANCE))
-    outputs = root / "engine.outputs"
-    if outputs.is_dir():
-        for path in sorted(p for p in outputs.iterdir() if p.is_dir()):
-            name = f"engine.outputs/{path.name}"
-            if name not in skip:
-                sources.append(Source(name, FileLog(path, readonly=True), ENGINE, path.name))
+    if layout.EVENTS not in skip:
+        sources.append(Source(layout.EVENTS, FileLog(events, readonly=True), BALANCE))
+    for symbol in layout.output_symbols(directory):
+        name = layout.output_stream(symbol)
+        if name not in skip:
+            sources.append(Source(name, FileLog(layout.output_dir(directory, symbol), readonly=True), ENGINE, symbol))
     return sources
 
 
@@ -454,12 +453,12 @@ def kafka_sources(
 ) -> list[Source]:
     """The streams of Kafka topics: ``balance_topic`` (one UBSCore shard's partition) and
     one topic per symbol in ``engine_topics`` (symbol -> topic)."""
-    from ledger.kafkalog import KafkaLog
+    from ledger.logs.kafka import KafkaLog
 
     sources = [Source(balance_topic, KafkaLog(bootstrap, balance_topic, partition), BALANCE)]
     for symbol in sorted(engine_topics):
         topic = engine_topics[symbol]
-        sources.append(Source(f"engine.outputs/{symbol}", KafkaLog(bootstrap, topic, partition), ENGINE, symbol))
+        sources.append(Source(layout.output_stream(symbol), KafkaLog(bootstrap, topic, partition), ENGINE, symbol))
     return sources
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.codec import EVENTS
-from ledger.events import TradeSettled
-from ledger.log import Log, scan
+from ledger.logs import layout
+from ledger.logs.base import Log, scan
+from ledger.protocol.codec import EVENTS
+from ledger.protocol.events import TradeSettled
 from ledger.replay import replay
 from settlement.store import Store
 
@@ -34,7 +35,7 @@ class VerifyReport(msgspec.Struct):
     checkpoint_seq: int
 
 
-def verify_store(store: Store, events: Log, stream: str = "balance.events") -> VerifyReport:
+def verify_store(store: Store, events: Log, stream: str = layout.EVENTS) -> VerifyReport:
     """Replay ``events`` and compare the projection in ``store`` with it."""
     differences: list[str] = []
     total = 0

@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ledger.limits import READ_RECORDS_MAX
-from ledger.log import LogError, ReadBatch
+from ledger.logs.base import LogError, ReadBatch
+from ledger.protocol.limits import READ_RECORDS_MAX
 
 # Topic settings for event topics: nothing is ever deleted by time or size, and no
 # compaction (it would leave holes an auditor cannot explain).

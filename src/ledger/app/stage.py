@@ -13,20 +13,17 @@ Exactly-once in effect, after any crash:
   if another writer appended meanwhile it stops (``SequenceError``) instead of forking
   the stream. On Kafka the transactional id also fences an older instance.
 
-    python -m ledger.runner --commands DIR --events DIR [--batch N] [--until-end]
-    python -m ledger.runner --kafka HOST:PORT --commands-topic T --events-topic T ...
+    ledger run ubscore --commands DIR --events DIR [--batch N] [--follow [--idle-exit-s S]]
+    ledger run ubscore --kafka HOST:PORT [--commands-topic T] [--events-topic T] ...
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from collections.abc import Sequence
 
-from ledger.codec import COMMANDS, EVENTS, DecodeError
 from ledger.gctune import relaxed_gc
-from ledger.log import Log
+from ledger.logs.base import Log
+from ledger.protocol.codec import COMMANDS, EVENTS, DecodeError
 from ledger.replay import replay
 from ledger.ubscore import SequenceError
 
@@ -91,46 +88,3 @@ class UBSCoreStage:
             if not follow or (idle_s_max and time.monotonic() - idle_since > idle_s_max):
                 return handled
             time.sleep(IDLE_POLL_S)
-
-
-def _open_logs(args: argparse.Namespace) -> tuple[Log, Log]:
-    if args.kafka:
-        from ledger.kafkalog import KafkaLog, ensure_topic
-
-        ensure_topic(args.kafka, args.events_topic)
-        commands = KafkaLog(args.kafka, args.commands_topic)
-        events = KafkaLog(args.kafka, args.events_topic, transactional_id=f"ubscore-{args.events_topic}-0")
-        return commands, events
-    from ledger.filelog import FileLog, FsyncPolicy
-
-    return FileLog(args.commands, readonly=True), FileLog(args.events, fsync=FsyncPolicy(args.fsync))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the UBSCore stage from the command line."""
-    parser = argparse.ArgumentParser(prog="python -m ledger.runner", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commands", help="file log of balance.operations")
-    parser.add_argument("--events", help="file log of balance.events")
-    parser.add_argument("--fsync", choices=["always", "never"], default="always")
-    parser.add_argument("--kafka", help="bootstrap servers; use topics instead of file logs")
-    parser.add_argument("--commands-topic", default="balance.operations")
-    parser.add_argument("--events-topic", default="balance.events")
-    parser.add_argument("--batch", type=int, default=BATCH_COMMANDS_DEFAULT)
-    parser.add_argument("--follow", action="store_true", help="keep polling for new commands")
-    parser.add_argument("--idle-exit-s", type=float, default=0.0, help="with --follow: exit after this idle time")
-    args = parser.parse_args(argv)
-    if not args.kafka and not (args.commands and args.events):
-        parser.error("give --commands and --events, or --kafka")
-    commands, events = _open_logs(args)
-    try:
-        stage = UBSCoreStage(commands, events)
-        handled = stage.run(args.batch, follow=args.follow, idle_s_max=args.idle_exit_s)
-    finally:
-        commands.close()
-        events.close()
-    print(f"handled {handled} commands; events end at seq {stage.core.state.seq}; hash {stage.core.state_hash()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ from typing import Annotated, Union
 
 import msgspec
 
-from ledger.commands import Command, OrderType, SelfTrade, Side, TimeInForce
-from ledger.market import Asset, Symbol
+from ledger.protocol.commands import Command, OrderType, SelfTrade, Side, TimeInForce
+from ledger.protocol.market import Asset, Symbol
 
 # Bumped whenever a field is appended to any record type. Readers accept every version
 # up to their own; records carry no per-record version because trailing defaults make

@@ -15,9 +15,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ledger.commands import Command
-from ledger.events import BalanceEvent
-from matching.events import EngineOutput
+from ledger.protocol.commands import Command
+from ledger.protocol.events import BalanceEvent
+from ledger.protocol.outputs import EngineOutput
 
 BIG_INT_EXT = 1
 # Valid amounts need at most 16 bytes (2**127 - 1). Commands may carry larger, invalid

@@ -12,7 +12,7 @@ from typing import Union
 
 import msgspec
 
-from ledger.commands import Side
+from ledger.protocol.commands import Side
 
 
 class _Output(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.commands import (
+from ledger.app.exchange import Exchange, verify
+from ledger.logs import layout
+from ledger.logs.file import FileLog, FsyncPolicy
+from ledger.progress import Progress
+from ledger.protocol.commands import (
     CancelOrder,
     Command,
     Deposit,
@@ -28,11 +32,8 @@ from ledger.commands import (
     TimeInForce,
     Withdraw,
 )
-from ledger.events import OrderAccepted, TradeSettled
-from ledger.exchange import Exchange, verify
-from ledger.filelog import FileLog, FsyncPolicy
-from ledger.market import Asset, Symbol
-from ledger.progress import Progress
+from ledger.protocol.events import OrderAccepted, TradeSettled
+from ledger.protocol.market import Asset, Symbol
 
 MARKER = "LEDGER_DEMO"
 # Commands handed to the exchange at a time: one append (and one fsync) per log per batch.
@@ -121,14 +122,26 @@ class Workload:
             return Withdraw(user, self._next_id(), asset, amount, ts_ms)
         if roll < 0.29:
             budget = rng.randint(1, 20) * mid * 10 if side == Side.BUY else 0
-            return PlaceOrder(user, self._next_id(), name, side, rng.randint(1, 20), 0, OrderType.MARKET,
-                              TimeInForce.IOC, budget, SelfTrade.CANCEL_TAKER, ts_ms)
+            return PlaceOrder(
+                user,
+                self._next_id(),
+                name,
+                side,
+                rng.randint(1, 20),
+                0,
+                OrderType.MARKET,
+                TimeInForce.IOC,
+                budget,
+                SelfTrade.CANCEL_TAKER,
+                ts_ms,
+            )
         offset = rng.randint(-20, 20)
         price = mid + (offset if side == Side.SELL else -offset)
         tif = TimeInForce(rng.choices([0, 1, 2, 3], weights=[85, 7, 3, 5])[0])
         stp = SelfTrade(rng.choices([0, 1, 2], weights=[90, 5, 5])[0])
-        return PlaceOrder(user, self._next_id(), name, side, rng.randint(1, 20), price, OrderType.LIMIT, tif, 0,
-                          stp, ts_ms)
+        return PlaceOrder(
+            user, self._next_id(), name, side, rng.randint(1, 20), price, OrderType.LIMIT, tif, 0, stp, ts_ms
+        )
 
 
 def run_demo(
@@ -153,12 +166,12 @@ def run_demo(
     root.mkdir(parents=True)
     (root / MARKER).write_text("created by ledger demo; safe to delete\n")
 
-    operations = FileLog(root / "balance.operations", fsync=fsync)
-    events_log = FileLog(root / "balance.events", fsync=fsync)
+    operations = FileLog(layout.operations_dir(root), fsync=fsync)
+    events_log = FileLog(layout.events_dir(root), fsync=fsync)
     output_logs: dict[str, FileLog] = {}
 
     def output_log(symbol: str) -> FileLog:
-        output_logs[symbol] = FileLog(root / "engine.outputs" / symbol, fsync=fsync)
+        output_logs[symbol] = FileLog(layout.output_dir(root, symbol), fsync=fsync)
         return output_logs[symbol]
 
     exchange = Exchange(operations, events_log, output_log)
@@ -204,8 +217,8 @@ def run_demo(
     for log in (operations, events_log, *output_logs.values()):
         log.close()
 
-    with FileLog(root / "balance.events", readonly=True) as events_read:
-        readers = {s: FileLog(root / "engine.outputs" / s, readonly=True) for s in output_logs}
+    with FileLog(layout.events_dir(root), readonly=True) as events_read:
+        readers = {s: FileLog(layout.output_dir(root, s), readonly=True) for s in output_logs}
         try:
             report = verify(events_read, dict(readers), live)
         finally:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from ledger.limits import READ_RECORDS_MAX
+from ledger.protocol.limits import READ_RECORDS_MAX
 
 
 class LogError(Exception):

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ledger.events import SCHEMA_VERSION
-from ledger.limits import INDEX_STRIDE_RECORDS, READ_RECORDS_MAX, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX
-from ledger.log import CorruptRecordError, LogError, ReadBatch
+from ledger.logs.base import CorruptRecordError, LogError, ReadBatch
+from ledger.protocol.events import SCHEMA_VERSION
+from ledger.protocol.limits import INDEX_STRIDE_RECORDS, READ_RECORDS_MAX, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX
 
 log = logging.getLogger(__name__)
 

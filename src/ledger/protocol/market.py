@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ledger.limits import (
+from ledger.protocol.limits import (
     AMOUNT_MAX,
     ASSET_CODE_CHARS_MAX,
     ASSET_DECIMALS_MAX,

@@ -13,7 +13,7 @@ from typing import Union
 
 import msgspec
 
-from ledger.market import Asset, Symbol
+from ledger.protocol.market import Asset, Symbol
 
 
 class Side(IntEnum):

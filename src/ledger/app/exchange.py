@@ -19,15 +19,15 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from ledger.codec import COMMANDS, EVENTS, OUTPUTS
-from ledger.commands import Command
-from ledger.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.gctune import relaxed_gc
-from ledger.log import Log, scan
+from ledger.logs.base import Log, scan
+from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS
+from ledger.protocol.commands import Command
+from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.outputs import EngineOutput
 from ledger.replay import replay
 from ledger.ubscore import UBSCore
 from matching.engine import MatchingEngine
-from matching.events import EngineOutput
 
 
 class Exchange:

@@ -8,6 +8,7 @@
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
     ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--json]
+    ledger run ubscore (--commands DIR --events DIR | --kafka HOST:PORT) [--batch N] [--follow]
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
 
@@ -27,7 +28,9 @@ from typing import Any
 
 import msgspec
 
+from ledger.app.stage import BATCH_COMMANDS_DEFAULT
 from ledger.gctune import relaxed_gc
+from ledger.logs import layout
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -56,8 +59,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from ledger.filelog import FileLog
-    from ledger.log import Log, LogError
+    from ledger.logs.base import Log, LogError
+    from ledger.logs.file import FileLog
     from ledger.replay import replay_summary
     from ledger.ubscore import LedgerError
 
@@ -67,7 +70,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     snap = Path(args.snapshot).read_bytes() if args.snapshot else None
     try:
         if args.kafka:
-            from ledger.kafkalog import KafkaLog
+            from ledger.logs.kafka import KafkaLog
 
             log: Log = KafkaLog(args.kafka, args.topic, args.partition)
         else:
@@ -89,8 +92,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ledger.demo import run_demo
-    from ledger.filelog import FsyncPolicy
+    from ledger.app.demo import run_demo
+    from ledger.logs.file import FsyncPolicy
 
     try:
         summary = run_demo(
@@ -173,7 +176,7 @@ def _sources(args: argparse.Namespace) -> list[Any]:
 
 def _open_sources_and_store(args: argparse.Namespace, command: str) -> tuple[list[Any], Any] | None:
     """The command's sources and store, or None (after saying why on stderr)."""
-    from ledger.log import LogError
+    from ledger.logs.base import LogError
     from settlement import open_store
     from settlement.store import StoreError
 
@@ -189,7 +192,7 @@ def _open_sources_and_store(args: argparse.Namespace, command: str) -> tuple[lis
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
-    from ledger.log import LogError
+    from ledger.logs.base import LogError
     from settlement.projector import Projector
     from settlement.store import StoreError
 
@@ -263,7 +266,7 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ledger.log import LogError
+    from ledger.logs.base import LogError
     from ledger.ubscore import LedgerError
     from settlement.store import StoreError
     from settlement.verify import verify_store
@@ -304,11 +307,41 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
+def _cmd_run_ubscore(args: argparse.Namespace) -> int:
+    from ledger.app.stage import UBSCoreStage
+    from ledger.logs.base import Log
+
+    if not args.kafka and not (args.commands and args.events):
+        print("ledger run ubscore: give --commands DIR and --events DIR, or --kafka HOST:PORT", file=sys.stderr)
+        return EXIT_USAGE
+    commands: Log
+    events: Log
+    if args.kafka:
+        from ledger.logs.kafka import KafkaLog, ensure_topic
+
+        ensure_topic(args.kafka, args.events_topic)
+        commands = KafkaLog(args.kafka, args.commands_topic)
+        events = KafkaLog(args.kafka, args.events_topic, transactional_id=f"ubscore-{args.events_topic}-0")
+    else:
+        from ledger.logs.file import FileLog, FsyncPolicy
+
+        commands = FileLog(args.commands, readonly=True)
+        events = FileLog(args.events, fsync=FsyncPolicy(args.fsync))
+    try:
+        stage = UBSCoreStage(commands, events)
+        handled = stage.run(args.batch, follow=args.follow, idle_s_max=args.idle_exit_s)
+    finally:
+        commands.close()
+        events.close()
+    print(f"handled {handled} commands; events end at seq {stage.core.state.seq}; hash {stage.core.state_hash()}")
+    return EXIT_OK
+
+
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka")
     parser.add_argument("--log", help="a file-log directory as `ledger demo` writes it")
     parser.add_argument("--kafka", help="bootstrap servers of a Kafka cluster")
-    parser.add_argument("--topic", default="balance.events", help="with --kafka: the balance.events topic")
+    parser.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the balance.events topic")
     parser.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
     parser.add_argument(
         "--engine-topic", action="append", metavar="SYMBOL=TOPIC", help="with --kafka: a symbol's engine.outputs topic"
@@ -324,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="rebuild UBSCore state from balance.events and summarize it")
     rp.add_argument("--log", help="directory of a file log holding balance.events")
     rp.add_argument("--kafka", help="bootstrap servers of a Kafka cluster holding balance.events")
-    rp.add_argument("--topic", default="balance.events", help="with --kafka: the topic")
+    rp.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the topic")
     rp.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
     rp.add_argument("--until", type=int, help="stop after the event with this seq")
     rp.add_argument("--snapshot", help="start from this verified snapshot file")
@@ -366,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     vp = sub.add_parser("verify", help="compare a projection with a fresh replay of balance.events")
     _source_arguments(vp)
     vp.set_defaults(run=_cmd_verify)
+
+    run = sub.add_parser("run", help="run one service of the exchange")
+    services = run.add_subparsers(dest="service", required=True)
+    up = services.add_parser("ubscore", help="UBSCore as a stage: balance.operations in, balance.events out")
+    up.add_argument("--commands", help="file log of balance.operations")
+    up.add_argument("--events", help="file log of balance.events")
+    up.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
+    up.add_argument("--kafka", help="bootstrap servers; use topics instead of file logs")
+    up.add_argument("--commands-topic", default=layout.OPERATIONS)
+    up.add_argument("--events-topic", default=layout.EVENTS)
+    up.add_argument("--batch", type=int, default=BATCH_COMMANDS_DEFAULT, help="commands per output batch")
+    up.add_argument("--follow", action="store_true", help="keep polling for new commands")
+    up.add_argument("--idle-exit-s", type=float, default=0.0, help="with --follow: exit after this idle time")
+    up.set_defaults(run=_cmd_run_ubscore)
     return parser
 
 

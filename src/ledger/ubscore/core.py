@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.commands import (
+from ledger.protocol.commands import (
     CancelOrder,
     Command,
     Deposit,
@@ -39,7 +39,7 @@ from ledger.commands import (
     TimeInForce,
     Withdraw,
 )
-from ledger.events import (
+from ledger.protocol.events import (
     SCHEMA_VERSION,
     UNLOCK_CANCELLED,
     UNLOCK_EXPIRED,
@@ -56,7 +56,7 @@ from ledger.events import (
     TradeSettled,
     Withdrawn,
 )
-from ledger.limits import (
+from ledger.protocol.limits import (
     AMOUNT_MAX,
     FEE_ACCOUNT_USER,
     ORDER_ID_SHARD_SHIFT,
@@ -68,9 +68,8 @@ from ledger.limits import (
     SHARDS_MAX,
     USER_ID_MAX,
 )
-from ledger.market import Asset, Symbol
-from ledger.reasons import Reason
-from matching.events import (
+from ledger.protocol.market import Asset, Symbol
+from ledger.protocol.outputs import (
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -78,6 +77,7 @@ from matching.events import (
     OrderRested,
     Trade,
 )
+from ledger.protocol.reasons import Reason
 
 Input = Command | EngineOutput
 
@@ -329,9 +329,7 @@ def _decide_withdraw(state: State, c: Withdraw, offset: int) -> list[BalanceEven
     if available < c.amount:
         return _reject(state, offset, Reason.INSUFFICIENT_FUNDS, c)
     return [
-        Withdrawn(
-            state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available - c.amount, locked, c.ts_ms
-        )
+        Withdrawn(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available - c.amount, locked, c.ts_ms)
     ]
 
 
@@ -435,9 +433,7 @@ def _decide_cancel(state: State, c: CancelOrder, offset: int) -> list[BalanceEve
         return _reject(state, offset, Reason.NOT_ORDER_OWNER, c)
     if order[O_CANCELLING]:
         return _reject(state, offset, Reason.CANCEL_PENDING, c)
-    return [
-        CancelRequested(state.seq + 1, offset, c.user, c.request_id, c.order_id, order[O_SYMBOL], c.ts_ms)
-    ]
+    return [CancelRequested(state.seq + 1, offset, c.user, c.request_id, c.order_id, order[O_SYMBOL], c.ts_ms)]
 
 
 def _decide_list_asset(state: State, c: ListAsset, offset: int) -> list[BalanceEvent]:
@@ -490,9 +486,7 @@ def _trade_error(t: Trade | TradeSettled, problem: str) -> InvariantError:
     return InvariantError(f"engine output {t.symbol}#{trade_seq} (trade {t.trade_id}): {problem}")
 
 
-def _settle_amounts(
-    state: State, t: Trade
-) -> tuple[_SymbolInfo, list[Any], list[Any], int, int, int, int, int]:
+def _settle_amounts(state: State, t: Trade) -> tuple[_SymbolInfo, list[Any], list[Any], int, int, int, int, int]:
     """Check a trade against the orders it names; return what it moves.
 
     Returns (symbol info, maker order, taker order, base amount, quote amount, maker fee,
@@ -572,9 +566,7 @@ def _account_copy(state: State, user: int, width: int) -> list[int]:
 
 
 def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
-    info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = _settle_amounts(
-        state, t
-    )
+    info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = _settle_amounts(state, t)
     # Work on copies of the three accounts (decide never changes the state). A user
     # trading with themself, or the fee account trading, shares one copy.
     width = state.width
@@ -670,9 +662,7 @@ def _decide_order_end(state: State, out: OrderCancelled | OrderExpired | OrderRe
     if order is None:
         if type(out) is OrderRejected and out.reason == Reason.UNKNOWN_ORDER:
             return []  # a cancel that lost the race with the order's last fill
-        raise InvariantError(
-            f"engine output {out.symbol}#{out.seq}: order {out.order_id} is not open at UBSCore"
-        )
+        raise InvariantError(f"engine output {out.symbol}#{out.seq}: order {out.order_id} is not open at UBSCore")
     index = order[O_LOCK_INDEX]
     available, locked = _available(state, order[O_USER], index)
     amount = order[O_LOCK]
@@ -852,7 +842,8 @@ def _evolve_symbol_listed(state: State, e: SymbolListed) -> None:
 
 def _evolve_trade(state: State, e: TradeSettled) -> None:
     info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = _settle_amounts(
-        state, e  # type: ignore[arg-type]
+        state,
+        e,  # type: ignore[arg-type]
     )
     if (
         base_amount != e.base_amount
@@ -1000,8 +991,7 @@ def canonical(state: State) -> dict[str, Any]:
             for s in (state.symbols[name].symbol for name in sorted(state.symbols))
         ],
         "accounts": [
-            [user, account + [0] * (width - len(account))]
-            for user, account in sorted(state.accounts.items())
+            [user, account + [0] * (width - len(account))] for user, account in sorted(state.accounts.items())
         ],
         "orders": [[order_id, *order] for order_id, order in sorted(state.orders.items())],
         "requests": [[key, *_outcome(state.requests[key])] for key in state.request_order],
@@ -1047,9 +1037,7 @@ def restore(data: bytes) -> State:
             symbol = Symbol(name, base, quote, lot, tick, maker, taker)
             state.symbols[name] = _SymbolInfo(symbol, state.asset_index[base], state.asset_index[quote])
         state.accounts = {user: account for user, account in body["accounts"]}
-        state.orders = {
-            row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]
-        }
+        state.orders = {row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]}
         for key, fingerprint, seq, reason in body["requests"]:
             state.requests[key] = (tuple(fingerprint), seq, reason)
             state.request_order.append(key)
@@ -1071,7 +1059,7 @@ class UBSCore:
     """The reducer with its state: ``execute`` commands, ``settle`` engine outputs,
     ``apply`` events on replay.
 
-    >>> from ledger.market import Asset
+    >>> from ledger.protocol.market import Asset
     >>> core = UBSCore()
     >>> [e.seq for e in core.execute(ListAsset(1, Asset("USDT", 6)), input_offset=0)]
     [1]
@@ -1088,9 +1076,7 @@ class UBSCore:
     def execute(self, command: Command, input_offset: int) -> list[BalanceEvent]:
         """decide + evolve for one command; returns its one event."""
         if input_offset <= self.state.last_input_offset:
-            raise SequenceError(
-                f"command at offset {input_offset} is not after {self.state.last_input_offset}"
-            )
+            raise SequenceError(f"command at offset {input_offset} is not after {self.state.last_input_offset}")
         events = decide_command(self.state, command, input_offset)
         _evolve_all(self.state, events)
         return events
@@ -1102,9 +1088,7 @@ class UBSCore:
         if output.seq <= last:
             return []
         if output.seq != last + 1:
-            raise SequenceError(
-                f"engine output {output.symbol}#{output.seq}: missing {last + 1}..{output.seq - 1}"
-            )
+            raise SequenceError(f"engine output {output.symbol}#{output.seq}: missing {last + 1}..{output.seq - 1}")
         events = decide_output(self.state, output)
         _evolve_all(self.state, events)
         self.engine_cursor[output.symbol] = output.seq
