@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from ledger import Deposit, PlaceOrder, Reason, Rejected, Side, UBSCore, Withdraw
 from ledger.protocol.events import Deposited
 from ledger.strategies import commands, listing_commands
-from ledger.ubscore.view import without_sequence
+from ledger.ubscore import without_sequence
 
 
 def funded_core(window: int | None = None) -> tuple[UBSCore, int]:

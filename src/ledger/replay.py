@@ -10,7 +10,6 @@ replayed partially.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgspec
 
@@ -109,22 +108,13 @@ def replay_summary(
     core, count = _replay(log, None, snapshot, until, progress)
     seconds = time.perf_counter() - started
     state = core.state
-    totals: dict[str, dict[str, Any]] = {}
-    for code, (available, locked) in state.totals().items():
-        index = state.asset_index[code]
-        totals[code] = {
-            "available": available,
-            "locked": locked,
-            "deposited": state.deposited[index],
-            "withdrawn": state.withdrawn[index],
-        }
     summary = ReplaySummary(
         log=log.name,
         events=count,
         first_seq=state.seq - count + 1 if count else state.seq,
         final_seq=state.seq,
         state_hash=core.state_hash(),
-        totals=totals,
+        totals=state.asset_totals(),
         conservation_problems=state.conservation_problems(),
         seconds=round(seconds, 6),
         events_per_second=round(count / seconds, 1) if seconds > 0 else 0.0,

@@ -204,16 +204,6 @@ def run_demo(
     bar.close()
     seconds = time.perf_counter() - started
     live = exchange.state_hashes()
-    state = exchange.core.state
-    totals = {}
-    for code, (available, locked) in state.totals().items():
-        index = state.asset_index[code]
-        totals[code] = {
-            "available": available,
-            "locked": locked,
-            "deposited": state.deposited[index],
-            "withdrawn": state.withdrawn[index],
-        }
     for log in (operations, events_log, *output_logs.values()):
         log.close()
 
@@ -238,7 +228,7 @@ def run_demo(
         rejections=rejections,
         seconds=round(seconds, 3),
         commands_per_second=round(commands / seconds, 1),
-        totals=totals,
+        totals=exchange.core.state.asset_totals(),
         state_hashes=live,
         replayed_hashes=report.replayed_hashes,
         checks_ok=report.ok,

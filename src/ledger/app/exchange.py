@@ -89,7 +89,7 @@ class Exchange:
         return hashes
 
 
-class VerifyReport(msgspec.Struct):
+class RebuildReport(msgspec.Struct):
     """The outcome of rebuilding every state from the logs and comparing."""
 
     ok: bool
@@ -97,7 +97,7 @@ class VerifyReport(msgspec.Struct):
     replayed_hashes: dict[str, str]
 
 
-def verify(events: Log, output_logs: dict[str, Log], live_hashes: dict[str, str] | None = None) -> VerifyReport:
+def verify(events: Log, output_logs: dict[str, Log], live_hashes: dict[str, str] | None = None) -> RebuildReport:
     """Rebuild UBSCore from balance.events and each engine from its outputs; re-run each
     engine over balance.events and compare its outputs byte for byte; check conservation;
     compare with ``live_hashes`` if given."""
@@ -135,7 +135,7 @@ def verify(events: Log, output_logs: dict[str, Log], live_hashes: dict[str, str]
         for name, live in live_hashes.items():
             if hashes.get(name) != live:
                 problems.append(f"{name}: replayed hash {hashes.get(name)} != live hash {live}")
-    return VerifyReport(not problems, problems, hashes)
+    return RebuildReport(not problems, problems, hashes)
 
 
-__all__ = ["Exchange", "VerifyReport", "verify"]
+__all__ = ["Exchange", "RebuildReport", "verify"]

@@ -1,24 +1,27 @@
-"""UBSCore, the user balance service core: the single writer of balances."""
+"""UBSCore, the user balance service core: the single writer of balances.
 
-from ledger.ubscore.core import (
+The reducer in parts, each a module: ``state`` (the state, its errors and the request
+window), ``decide`` (commands and engine outputs to events), ``evolve`` (events applied
+to the state), ``trade`` (the trade arithmetic the two share), ``snapshot`` (the
+canonical form, hash and snapshots) and ``core`` (``UBSCore``, the front). It imports
+only ``ledger.protocol``: no I/O, no clock, and never the matching engine.
+"""
+
+from ledger.ubscore.core import UBSCore
+from ledger.ubscore.decide import Input, decide, decide_command, decide_output
+from ledger.ubscore.evolve import evolve
+from ledger.ubscore.snapshot import canonical, restore, snapshot, state_hash, without_sequence
+from ledger.ubscore.state import (
     InvariantError,
     LedgerError,
     SequenceError,
     SnapshotError,
     State,
-    UBSCore,
-    canonical,
-    command_fingerprint,
-    decide,
-    decide_command,
-    decide_output,
-    evolve,
-    restore,
-    snapshot,
-    state_hash,
+    fingerprint,
 )
 
 __all__ = [
+    "Input",
     "InvariantError",
     "LedgerError",
     "SequenceError",
@@ -26,12 +29,13 @@ __all__ = [
     "State",
     "UBSCore",
     "canonical",
-    "command_fingerprint",
     "decide",
     "decide_command",
     "decide_output",
     "evolve",
+    "fingerprint",
     "restore",
     "snapshot",
     "state_hash",
+    "without_sequence",
 ]

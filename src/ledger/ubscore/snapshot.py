@@ -1,0 +1,114 @@
+"""The state's canonical form: its hash, self-verifying snapshots, and comparison views.
+
+The canonical form is plain data in a fixed order (sorted where the state holds a dict),
+so equal states hash alike in any process, under any PYTHONHASHSEED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from ledger.protocol.commands import OrderType, Side
+from ledger.protocol.events import SCHEMA_VERSION
+from ledger.protocol.market import Asset, Symbol
+from ledger.ubscore.state import SnapshotError, State, SymbolInfo, outcome
+
+SNAPSHOT_FORMAT = "ubscore-snapshot"
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    format: str
+    schema: int
+    seq: int
+    hash: str
+    state: dict[str, Any]
+
+
+def canonical(state: State) -> dict[str, Any]:
+    """The state as plain sorted data: the input of the hash and of snapshots."""
+    width = 2 * len(state.assets)
+    return {
+        "seq": state.seq,
+        "shard": state.shard,
+        "request_window": state.request_window,
+        "assets": [[a.code, a.decimals] for a in state.assets],
+        "symbols": [
+            [s.name, s.base, s.quote, s.lot, s.tick, s.maker_fee_ppm, s.taker_fee_ppm]
+            for s in (state.symbols[name].symbol for name in sorted(state.symbols))
+        ],
+        "accounts": [
+            [user, account + [0] * (width - len(account))] for user, account in sorted(state.accounts.items())
+        ],
+        "orders": [[order_id, *order] for order_id, order in sorted(state.orders.items())],
+        "requests": [[key, *outcome(state.requests[key])] for key in state.request_order],
+        "deposited": state.deposited,
+        "withdrawn": state.withdrawn,
+        "last_input_offset": state.last_input_offset,
+        "last_engine_seq": sorted(state.last_engine_seq.items()),
+    }
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.blake2b(msgspec.json.encode(body), digest_size=32).hexdigest()
+
+
+def state_hash(state: State) -> str:
+    """blake2b-256 of the canonical encoding: equal states have equal hashes in any
+    process, under any PYTHONHASHSEED."""
+    return _digest(canonical(state))
+
+
+def snapshot(state: State) -> bytes:
+    """A self-verifying snapshot: seq, hash and schema version with the state."""
+    body = canonical(state)
+    return msgspec.json.encode(_Snapshot(SNAPSHOT_FORMAT, SCHEMA_VERSION, state.seq, _digest(body), body))
+
+
+def restore(data: bytes) -> State:
+    """Rebuild a state from ``snapshot()`` bytes, verifying format, schema and hash."""
+    try:
+        snap = msgspec.json.decode(data, type=_Snapshot)
+    except msgspec.MsgspecError as error:
+        raise SnapshotError(f"not a UBSCore snapshot: {error}") from None
+    if snap.format != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"snapshot format {snap.format!r} is not {SNAPSHOT_FORMAT!r}")
+    if snap.schema > SCHEMA_VERSION:
+        raise SnapshotError(f"snapshot schema {snap.schema} is newer than this library's {SCHEMA_VERSION}")
+    body = snap.state
+    try:
+        state = State(body["shard"], body["request_window"])
+        state.seq = body["seq"]
+        for code, decimals in body["assets"]:
+            state.asset_index[code] = len(state.assets)
+            state.assets.append(Asset(code, decimals))
+        state.width = 2 * len(state.assets)
+        for name, base, quote, lot, tick, maker, taker in body["symbols"]:
+            symbol = Symbol(name, base, quote, lot, tick, maker, taker)
+            state.symbols[name] = SymbolInfo(symbol, state.asset_index[base], state.asset_index[quote])
+        state.accounts = {user: account for user, account in body["accounts"]}
+        state.orders = {row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]}
+        for key, fingerprint, seq, reason in body["requests"]:
+            state.requests[key] = (tuple(fingerprint), seq, reason)
+            state.request_order.append(key)
+        state.deposited = body["deposited"]
+        state.withdrawn = body["withdrawn"]
+        state.last_input_offset = body["last_input_offset"]
+        state.last_engine_seq = {symbol: seq for symbol, seq in body["last_engine_seq"]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise SnapshotError(f"snapshot at seq {snap.seq} is malformed: {error!r}") from None
+    if state.seq != snap.seq or state_hash(state) != snap.hash:
+        raise SnapshotError(f"snapshot at seq {snap.seq}: state does not match its recorded hash")
+    return state
+
+
+def without_sequence(state: State, keep_requests: bool = True) -> dict[str, Any]:
+    """The canonical state without the fields every event moves (seq, input position),
+    and optionally without the request window: what a rejection must leave unchanged."""
+    view = canonical(state)
+    del view["seq"], view["last_input_offset"]
+    if not keep_requests:
+        del view["requests"]
+    return view
