@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, FundsUnlocked, TradeSettled
 from ledger.protocol.outputs import EngineOutput
-from ledger.ubscore.decide import decide_command, decide_output
-from ledger.ubscore.evolve import evolve, evolve_all
-from ledger.ubscore.snapshot import restore, snapshot, state_hash
+from ledger.ubscore.decision import decide_command, decide_output
+from ledger.ubscore.evolution import evolve, evolve_all
+from ledger.ubscore.snapshots import restore, snapshot, state_hash
 from ledger.ubscore.state import SequenceError, State
 
 

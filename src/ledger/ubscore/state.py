@@ -2,7 +2,8 @@
 
 State layout (chosen for memory: about 300 bytes a user with three assets):
 ``accounts[user]`` is a flat list ``[available_0, locked_0, available_1, locked_1, ...]``
-indexed by the asset's listing order; ``orders[order_id]`` is the lock an open order
+indexed by the asset's listing order, always of full width (listing an asset widens
+every account); ``orders[order_id]`` is the lock an open order
 still holds, a list of the ``O_*`` slots below.
 """
 
@@ -137,11 +138,16 @@ class State:
 
     def balance_at(self, user: int, index: int) -> tuple[int, int]:
         """(available, locked) of ``user`` in the asset listed ``index``-th; (0, 0) for a
-        user (or an asset slot) the state has not seen yet."""
+        user the state has not seen yet."""
         account = self.accounts.get(user)
-        if account is None or 2 * index >= len(account):
+        if account is None:
             return 0, 0
         return account[2 * index], account[2 * index + 1]
+
+    def new_account(self) -> list[int]:
+        """A zero account of full width, not yet in ``accounts``: evolve fills it in
+        and stores it only once the event has passed every check."""
+        return [0] * self.width
 
     def balance(self, user: int, asset: str) -> tuple[int, int]:
         """(available, locked) of ``user`` in ``asset``; (0, 0) for an unknown user."""
@@ -179,17 +185,6 @@ class State:
             for code, t in self.asset_totals().items()
             if t["available"] + t["locked"] != t["deposited"] - t["withdrawn"]
         ]
-
-
-def account_for(state: State, user: int) -> list[int]:
-    """``user``'s account list at full width, created or widened (with zeros) if need be."""
-    account = state.accounts.get(user)
-    width = state.width
-    if account is None:
-        account = state.accounts[user] = [0] * width
-    elif len(account) < width:
-        account.extend([0] * (width - len(account)))
-    return account
 
 
 # -- the request window: what makes a retry "the same request" -------------------------
@@ -237,8 +232,9 @@ def outcome(entry: WindowEntry) -> Outcome:
     return fingerprint(entry), entry.seq, 0
 
 
-def remember(state: State, key: int, entry: WindowEntry) -> None:
+def remember(state: State, user: int, request_id: int, entry: WindowEntry) -> None:
     """Put ``entry`` in the request window, forgetting the oldest beyond its size."""
+    key = (user << 64) | request_id  # request_key, written out: once per accepted command
     state.requests[key] = entry
     order = state.request_order
     order.append(key)

@@ -250,7 +250,7 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
         return _reject(state, input_offset, Reason.INVALID_USER, command)
     if type(request_id) is not int or not 0 <= request_id <= REQUEST_ID_MAX:
         return _reject(state, input_offset, Reason.INVALID_REQUEST_ID, command)
-    seen = state.requests.get((user << 64) | request_id)  # state.request_key
+    seen = state.requests.get((user << 64) | request_id)  # request_key, written out as in remember
     if seen is not None:
         return _answer_retry(state, command, input_offset, seen)
     match command:
@@ -269,29 +269,20 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
     raise AssertionError("unreachable: every command type is matched above")
 
 
-def _account_copy(state: State, user: int, width: int) -> list[int]:
-    account = state.accounts.get(user)
-    if account is None:
-        return [0] * width
-    if len(account) == width:
-        return account[:]
-    return account + [0] * (width - len(account))
-
-
 def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
     info, maker, taker, base_amount, quote_amount, maker_fee, taker_fee, refund = settle_amounts(state, t)
     # Work on copies of the three accounts (decide never changes the state). A user
     # trading with themself, or the fee account trading, shares one copy.
-    width = state.width
+    accounts = state.accounts
     maker_user, taker_user = t.maker_user, t.taker_user
-    mk = _account_copy(state, maker_user, width)
-    tk = mk if taker_user == maker_user else _account_copy(state, taker_user, width)
+    mk = (accounts.get(maker_user) or state.new_account())[:]
+    tk = mk if taker_user == maker_user else (accounts.get(taker_user) or state.new_account())[:]
     if maker_user == FEE_ACCOUNT_USER:
         fee = mk
     elif taker_user == FEE_ACCOUNT_USER:
         fee = tk
     else:
-        fee = _account_copy(state, FEE_ACCOUNT_USER, width)
+        fee = (accounts.get(FEE_ACCOUNT_USER) or state.new_account())[:]
     b, q = 2 * info.base_index, 2 * info.quote_index
     maker_buys = t.maker_side == _BUY
     if maker_buys:

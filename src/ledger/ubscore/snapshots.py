@@ -29,7 +29,6 @@ class _Snapshot(msgspec.Struct, frozen=True):
 
 def canonical(state: State) -> dict[str, Any]:
     """The state as plain sorted data: the input of the hash and of snapshots."""
-    width = 2 * len(state.assets)
     return {
         "seq": state.seq,
         "shard": state.shard,
@@ -39,9 +38,7 @@ def canonical(state: State) -> dict[str, Any]:
             [s.name, s.base, s.quote, s.lot, s.tick, s.maker_fee_ppm, s.taker_fee_ppm]
             for s in (state.symbols[name].symbol for name in sorted(state.symbols))
         ],
-        "accounts": [
-            [user, account + [0] * (width - len(account))] for user, account in sorted(state.accounts.items())
-        ],
+        "accounts": [[user, account] for user, account in sorted(state.accounts.items())],
         "orders": [[order_id, *order] for order_id, order in sorted(state.orders.items())],
         "requests": [[key, *outcome(state.requests[key])] for key in state.request_order],
         "deposited": state.deposited,
@@ -89,6 +86,8 @@ def restore(data: bytes) -> State:
             symbol = Symbol(name, base, quote, lot, tick, maker, taker)
             state.symbols[name] = SymbolInfo(symbol, state.asset_index[base], state.asset_index[quote])
         state.accounts = {user: account for user, account in body["accounts"]}
+        if any(len(account) != state.width for account in state.accounts.values()):
+            raise ValueError(f"an account is not {state.width} balances wide")
         state.orders = {row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]}
         for key, fingerprint, seq, reason in body["requests"]:
             state.requests[key] = (tuple(fingerprint), seq, reason)

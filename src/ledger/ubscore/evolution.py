@@ -31,10 +31,8 @@ from ledger.ubscore.state import (
     SequenceError,
     State,
     SymbolInfo,
-    account_for,
     command_user,
     remember,
-    request_key,
 )
 from ledger.ubscore.trade import move_trade, settle_amounts
 
@@ -51,13 +49,14 @@ def _evolve_funds(state: State, e: Deposited | Withdrawn, moved: int, totals: li
     index = state.asset_index.get(e.asset)
     if index is None:
         raise _mismatch(e, f"unknown asset {e.asset!r}")
-    available, locked = state.balance_at(e.user, index)
-    if available + moved != e.available or locked != e.locked:
+    account = state.accounts.get(e.user) or state.new_account()
+    if account[2 * index] + moved != e.available or account[2 * index + 1] != e.locked:
         raise _mismatch(e, f"balances after ({e.available}, {e.locked}) do not follow from the state")
-    account_for(state, e.user)[2 * index] = e.available
+    account[2 * index] = e.available
+    state.accounts[e.user] = account
     totals[index] += e.amount
     state.last_input_offset = e.input_offset
-    remember(state, request_key(e.user, e.request_id), e)
+    remember(state, e.user, e.request_id, e)
 
 
 def _evolve_accepted(state: State, e: OrderAccepted) -> None:
@@ -67,16 +66,16 @@ def _evolve_accepted(state: State, e: OrderAccepted) -> None:
     order_id = e.order_id
     if order_id in state.orders:
         raise _mismatch(e, f"order id {order_id} already open")
-    amount = e.lock_amount
-    available, locked = state.balance_at(e.user, index)
-    if available - amount != e.available or locked + amount != e.locked:
+    user, amount, i = e.user, e.lock_amount, 2 * index
+    account = state.accounts.get(user) or state.new_account()
+    if account[i] - amount != e.available or account[i + 1] + amount != e.locked:
         raise _mismatch(e, "balances after the lock do not add up")
-    account = account_for(state, e.user)
-    account[2 * index] = e.available
-    account[2 * index + 1] = e.locked
-    state.orders[order_id] = [e.user, e.symbol, e.side, e.order_type, e.price, index, amount, False]
+    account[i] = e.available
+    account[i + 1] = e.locked
+    state.accounts[user] = account
+    state.orders[order_id] = [user, e.symbol, e.side, e.order_type, e.price, index, amount, False]
     state.last_input_offset = e.input_offset
-    remember(state, request_key(e.user, e.request_id), e)
+    remember(state, user, e.request_id, e)
 
 
 def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
@@ -85,13 +84,13 @@ def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
         raise _mismatch(e, f"order {e.order_id} not open for user {e.user}")
     order[O_CANCELLING] = True
     state.last_input_offset = e.input_offset
-    remember(state, request_key(e.user, e.request_id), e)
+    remember(state, e.user, e.request_id, e)
 
 
 def _evolve_rejected(state: State, e: Rejected) -> None:
     state.last_input_offset = e.input_offset
     if e.reason not in NOT_REMEMBERED:
-        remember(state, request_key(command_user(e.command), e.command.request_id), e)
+        remember(state, command_user(e.command), e.command.request_id, e)
 
 
 def _evolve_asset_listed(state: State, e: AssetListed) -> None:
@@ -100,10 +99,12 @@ def _evolve_asset_listed(state: State, e: AssetListed) -> None:
     state.asset_index[e.asset.code] = len(state.assets)
     state.assets.append(e.asset)
     state.width = 2 * len(state.assets)
+    for account in state.accounts.values():
+        account += (0, 0)
     state.deposited.append(0)
     state.withdrawn.append(0)
     state.last_input_offset = e.input_offset
-    remember(state, request_key(FEE_ACCOUNT_USER, e.request_id), e)
+    remember(state, FEE_ACCOUNT_USER, e.request_id, e)
 
 
 def _evolve_symbol_listed(state: State, e: SymbolListed) -> None:
@@ -112,7 +113,7 @@ def _evolve_symbol_listed(state: State, e: SymbolListed) -> None:
         raise _mismatch(e, f"symbol {s.name} listed twice or with unknown assets")
     state.symbols[s.name] = SymbolInfo(s, state.asset_index[s.base], state.asset_index[s.quote])
     state.last_input_offset = e.input_offset
-    remember(state, request_key(FEE_ACCOUNT_USER, e.request_id), e)
+    remember(state, FEE_ACCOUNT_USER, e.request_id, e)
 
 
 def _evolve_trade(state: State, e: TradeSettled) -> None:
@@ -135,12 +136,11 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         raise _mismatch(e, "an order's lock went negative")
     # The moves are made in place, compared with the stated balances, and undone if they
     # differ: this is the second hottest event of a replay, and in-place moves spare
-    # three account copies. The fee account may be created here; it goes again on undo.
+    # three account copies. A new fee account joins the state only if the trade holds.
     accounts = state.accounts
-    fee_created = FEE_ACCOUNT_USER not in accounts
-    mk = account_for(state, e.maker_user)
-    tk = account_for(state, e.taker_user)
-    fee = account_for(state, FEE_ACCOUNT_USER)
+    mk = accounts.get(e.maker_user) or state.new_account()
+    tk = accounts.get(e.taker_user) or state.new_account()
+    fee = accounts.get(FEE_ACCOUNT_USER) or state.new_account()
     b, q = 2 * info.base_index, 2 * info.quote_index
     if e.maker_side == _BUY:
         buyer, seller, buyer_fee, seller_fee = mk, tk, maker_fee, taker_fee
@@ -163,9 +163,8 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
         # Every moved slot gets its value from before (slots of one shared account were
         # all read before any move, so they agree).
         buyer[q + 1], buyer[q], buyer[b], seller[b + 1], seller[q], fee[b], fee[q] = before
-        if fee_created:
-            del accounts[FEE_ACCOUNT_USER]
         raise _mismatch(e, "balances after the trade do not add up")
+    accounts[FEE_ACCOUNT_USER] = fee
     maker[O_LOCK] = maker_lock
     taker[O_LOCK] = taker_lock
     if e.maker_done and maker_lock == 0:
@@ -180,10 +179,9 @@ def _evolve_unlocked(state: State, e: FundsUnlocked) -> None:
     if order is None or order[O_USER] != e.user or order[O_LOCK] != e.amount:
         raise _mismatch(e, f"order {e.order_id} does not hold {e.amount} locked")
     index = order[O_LOCK_INDEX]
-    available, locked = state.balance_at(e.user, index)
-    if available + e.amount != e.available or locked - e.amount != e.locked:
+    account = state.accounts[e.user]  # it holds the order's lock
+    if account[2 * index] + e.amount != e.available or account[2 * index + 1] - e.amount != e.locked:
         raise _mismatch(e, "balances after the unlock do not add up")
-    account = account_for(state, e.user)
     account[2 * index] = e.available
     account[2 * index + 1] = e.locked
     del state.orders[e.order_id]
