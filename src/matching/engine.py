@@ -107,30 +107,29 @@ class MatchingEngine:
 
     def handle(self, event: BalanceEvent) -> list[EngineOutput]:
         """Decide and apply one balance event; return the outputs it causes (often [])."""
-        kind = type(event)
-        if kind is OrderAccepted:
-            e: OrderAccepted = event  # type: ignore[assignment]
+        if isinstance(event, OrderAccepted):
+            e = event
             if e.symbol != self.symbol:
                 return []
             if self.spec is None:
                 raise EngineError(f"engine {self.symbol}: order {e.order_id} (input {e.seq}) before SymbolListed")
-            # _check_input_seq, written out: this runs once per order.
+            # Compared here, raised by _check_input_seq: this runs once per order.
             seq = e.seq
             if seq <= self.last_input_seq:
                 self._check_input_seq(seq)
             outputs = self.book.place(
                 seq, e.order_id, e.user, e.side, e.order_type, e.tif, e.stp, e.qty, e.price, e.quote_budget
             )
-        elif kind is CancelRequested:
-            c: CancelRequested = event  # type: ignore[assignment]
+        elif isinstance(event, CancelRequested):
+            c = event
             if c.symbol != self.symbol:
                 return []
             seq = c.seq
             if seq <= self.last_input_seq:
                 self._check_input_seq(seq)
             outputs = self.book.cancel(seq, c.order_id, c.user)
-        elif kind is SymbolListed:
-            self._listed(event)  # type: ignore[arg-type]
+        elif isinstance(event, SymbolListed):
+            self._listed(event)
             return []
         else:
             return []

@@ -79,7 +79,6 @@ class Codec(Generic[T]):
         self.name = name
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(union)
-        self._list_decoder = msgspec.msgpack.Decoder(list[union])  # type: ignore[valid-type]
         # Records are tagged arrays whose first element names the type. Converting to
         # that one class is about 8x faster than converting to the whole union (msgspec
         # re-examines a Union on every convert call): 0.85 us against 7 us a record.
@@ -135,12 +134,3 @@ COMMANDS: Codec[Command] = Codec(Command, "command")
 EVENTS: Codec[BalanceEvent] = Codec(BalanceEvent, "balance event")
 OUTPUTS: Codec[EngineOutput] = Codec(EngineOutput, "engine output")
 
-
-def encode_event(event: BalanceEvent) -> bytes:
-    """Encode a UBSCore event."""
-    return EVENTS.encode(event)
-
-
-def decode_event(data: bytes | memoryview, where: str = "record") -> BalanceEvent:
-    """Decode a UBSCore event strictly."""
-    return EVENTS.decode(data, where)
