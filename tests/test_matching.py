@@ -34,7 +34,7 @@ from ledger.protocol.market import Asset, Symbol
 from ledger.protocol.outputs import OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
-from matching.book import R_ID, BookError, OrderBook
+from matching.book import BookError, OrderBook
 from matching.engine import EngineError, MatchingEngine
 
 SYMBOL = Symbol("X-Y", "X", "Y", lot=100, tick=10)
@@ -49,7 +49,7 @@ def fast_levels(book: OrderBook, side: int) -> list[tuple[int, list[tuple[int, i
     prices = list(book.prices[side])
     if side == BUY:
         prices.reverse()
-    return [(p, [(o[0], o[1], o[4]) for o in book.levels[side][p]]) for p in prices]
+    return [(p, [(o.order_id, o.user, o.remaining) for o in book.levels[side][p]]) for p in prices]
 
 
 def new_engine() -> MatchingEngine:
@@ -82,7 +82,7 @@ def test_duplicate_order_ids_are_rejected_never_matched() -> None:
     engine.handle(accepted(2, 1, SELL, 10, 100))
     assert shape(engine.handle(accepted(3, 2, BUY, 10, 100, order_id=2))) == [
         ("Rejected", 2, "DUPLICATE_ORDER_ID")]
-    assert engine.book.orders[2][4] == 10  # the live order is untouched
+    assert engine.book.orders[2].remaining == 10  # the live order is untouched
     engine.handle(accepted(4, 2, BUY, 10, 100))  # fills order 2: now it has ended
     assert shape(engine.handle(accepted(5, 3, SELL, 1, 100, order_id=2))) == [("Rejected", 2, "DUPLICATE_ORDER_ID")]
     assert not engine.book.orders
@@ -193,9 +193,9 @@ def test_amend_qty_keeps_priority_and_amend_price_loses_it() -> None:
     outputs = engine.handle(accepted(2, 1, SELL, 10, 100)) + engine.handle(accepted(3, 2, SELL, 10, 100))
     outputs += engine.amend_qty(4, 2, 1, 4)
     assert shape(outputs[-1:]) == [("Rested", 2, 4)]
-    assert [o[0] for o in engine.book.levels[SELL][100]] == [2, 3]
+    assert [o.order_id for o in engine.book.levels[SELL][100]] == [2, 3]
     outputs += engine.amend_price(5, 2, 1, 101) + engine.amend_price(6, 2, 1, 100)
-    assert [o[0] for o in engine.book.levels[SELL][100]] == [3, 2]
+    assert [o.order_id for o in engine.book.levels[SELL][100]] == [3, 2]
     # A price that crosses trades first (the amended order is the taker), then rests.
     outputs += engine.handle(accepted(7, 3, BUY, 3, 99))
     outputs += engine.amend_price(8, 3, 2, 99)
@@ -279,10 +279,10 @@ def test_book_primitives_reduce_keeps_and_reprice_loses_priority() -> None:
     book.add(1, 1, SELL, 100, 10)
     book.add(2, 2, SELL, 100, 10)
     book.reduce(1, 4)  # keeps its place at the front
-    assert [o[R_ID] for o in book.levels[SELL][100]] == [1, 2]
+    assert [o.order_id for o in book.levels[SELL][100]] == [1, 2]
     book.reprice(1, 101)
     book.reprice(1, 100)  # back at 100, now behind order 2
-    assert [o[R_ID] for o in book.levels[SELL][100]] == [2, 1]
+    assert [o.order_id for o in book.levels[SELL][100]] == [2, 1]
     book.check()
 
 

@@ -225,7 +225,7 @@ def fast_levels(book: OrderBook, side: int) -> list[tuple[int, list[tuple[int, i
     prices = list(book.prices[side])
     if side == BUY:
         prices.reverse()
-    return [(p, [(o[0], o[1], o[4]) for o in book.levels[side][p]]) for p in prices]
+    return [(p, [(o.order_id, o.user, o.remaining) for o in book.levels[side][p]]) for p in prices]
 
 
 # -- commands: one description drives both books ------------------------------------------

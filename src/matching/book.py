@@ -68,7 +68,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from heapq import heapify, heappop, heappush
-from typing import Any
 
 import msgspec
 
@@ -91,9 +90,6 @@ from ledger.protocol.reasons import Reason
 # about 7 MiB a symbol, which still covers the recent past of a busy market.
 FINISHED_IDS_MAX = 100_000
 
-# Resting order fields, by position (``Resting.__getitem__``).
-R_ID, R_USER, R_SIDE, R_PRICE, R_REMAINING = range(5)
-
 
 class Resting(msgspec.Struct, gc=False):
     """A resting order, shared by its level and the ``orders`` index, so a fill updates it
@@ -111,10 +107,6 @@ class Resting(msgspec.Struct, gc=False):
     side: Side
     price: int
     remaining: int
-
-    def __getitem__(self, index: int) -> Any:
-        """The field at ``index`` (``R_ID`` .. ``R_REMAINING``), as when an order was a list."""
-        return getattr(self, self.__struct_fields__[index])
 
 
 # ``best`` holds these when a side is empty. They lie outside every valid price, so a

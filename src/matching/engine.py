@@ -138,7 +138,7 @@ class MatchingEngine:
 
     def amend_qty(self, input_seq: int, order_id: int, user: int, qty_remaining: int) -> list[EngineOutput]:
         """Lower a resting order's quantity, keeping its priority (see
-        ``OrderBook.amend_qty``). Not wired to UBSCore yet: no command produces it."""
+        ``OrderBook.amend_qty``). No UBSCore command produces it yet."""
         self._check_input_seq(input_seq)
         outputs = self.book.amend_qty(input_seq, order_id, user, qty_remaining)
         self.last_input_seq = input_seq
@@ -148,7 +148,7 @@ class MatchingEngine:
         self, input_seq: int, order_id: int, user: int, price: int, stp: int = SelfTrade.CANCEL_TAKER
     ) -> list[EngineOutput]:
         """Move a resting order to a new price, losing priority and possibly trading (see
-        ``OrderBook.amend_price``). Not wired to UBSCore yet: no command produces it."""
+        ``OrderBook.amend_price``). No UBSCore command produces it yet."""
         self._check_input_seq(input_seq)
         outputs = self.book.amend_price(input_seq, order_id, user, price, stp)
         self.last_input_seq = input_seq
