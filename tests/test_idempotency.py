@@ -3,10 +3,11 @@ nothing but seq."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import Deposit, PlaceOrder, Reason, Rejected, Side, UBSCore, Withdraw
+from ledger import CommandError, Deposit, PlaceOrder, Reason, Rejected, Side, UBSCore, Withdraw
 from ledger.protocol.events import Deposited
 from ledger.strategies import commands, listing_commands
 from ledger.ubscore import without_sequence
@@ -120,11 +121,12 @@ class _Unhashable:
         return other == self.value
 
 
-def test_order_fields_equal_to_valid_values_are_accepted_as_those_values() -> None:
-    """decide never raises for a command: an order whose side, type, time in force or
-    self-trade mode only compares equal to a valid value is read as that value."""
+def test_order_fields_only_equal_to_valid_values_are_refused_at_the_boundary() -> None:
+    """An order whose side only compares equal to a valid value is not of the schema: it
+    is refused naming the field, before anything changes (it could not be logged)."""
     core, offset = funded_core()
+    before = core.state_hash()
     order = PlaceOrder(1, 1, "BTC-USDT", _Unhashable(0), 3, 100, _Unhashable(0), _Unhashable(0), 0, _Unhashable(0))  # type: ignore[arg-type]
-    accepted = core.execute(order, offset)[0]
-    assert (accepted.side, accepted.order_type, accepted.tif, accepted.stp) == (Side.BUY, 0, 0, 0)
-    assert type(accepted.side) is Side
+    with pytest.raises(CommandError, match=r"PlaceOrder\.side: cannot be encoded"):
+        core.execute(order, offset)
+    assert core.state_hash() == before

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 # The library's surface, imported on first use (PEP 562): ``import ledger.protocol`` (or
 # ``import matching``) then runs only the layers it needs, never the reducer or the app.
 _EXPORTS: dict[str, str] = {
+    "CommandError": "ledger.protocol",
+    "check_command": "ledger.protocol",
     "scan": "ledger.logs",
     "KafkaLog": "ledger.logs.kafka",
     "OrderRejected": "ledger.protocol",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
         CancelOrder,
         CancelRequested,
         Command,
+        CommandError,
         DecodeError,
         DefinitionError,
         Deposit,
@@ -130,6 +133,7 @@ if TYPE_CHECKING:
         TradeSettled,
         Withdraw,
         Withdrawn,
+        check_command,
     )
     from ledger.protocol.limits import (
         AMOUNT_MAX,
@@ -169,6 +173,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CommandError",
+    "check_command",
     "AMOUNT_MAX",
     "Asset",
     "AssetListed",

@@ -21,7 +21,7 @@ import msgspec
 
 from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log, scan
-from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS
+from ledger.protocol.codec import EVENTS, OUTPUTS, check_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.outputs import EngineOutput
@@ -49,14 +49,17 @@ class Exchange:
     @relaxed_gc()
     def submit(self, commands: Sequence[Command]) -> list[BalanceEvent]:
         """Run a batch of commands to completion (every trade settled, every ended order
-        released) and append everything to the logs. Returns the balance events."""
-        first = self.operations.append([COMMANDS.encode(c) for c in commands])
+        released) and append everything to the logs. Returns the balance events.
+
+        Every command is checked against the schema first: one that breaks it raises
+        ``CommandError`` naming the field, and nothing of the batch is written."""
+        first = self.operations.append([check_command(c) for c in commands])
         produced: list[BalanceEvent] = []
         outputs: dict[str, list[EngineOutput]] = {}
         core, engines = self.core, self.engines
         for i, command in enumerate(commands):
             # Events in seq order: settling an output only appends later seqs.
-            pending = deque(core.execute(command, first + i))
+            pending = deque(core.execute_checked(command, first + i))
             while pending:
                 event = pending.popleft()
                 produced.append(event)

@@ -23,7 +23,7 @@ import time
 
 from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log
-from ledger.protocol.codec import COMMANDS, EVENTS, DecodeError
+from ledger.protocol.codec import EVENTS
 from ledger.replay import replay
 from ledger.ubscore import SequenceError
 
@@ -57,11 +57,7 @@ class UBSCoreStage:
             return 0
         produced = []
         for offset, raw in zip(batch.offsets, batch.values, strict=True):
-            try:
-                command = COMMANDS.decode(raw)
-            except DecodeError as error:
-                raise DecodeError(f"{self.commands.name} offset {offset}", error.problem) from None
-            produced.extend(self.core.execute(command, offset))
+            produced.extend(self.core.execute_record(raw, offset))
         end = self.events.end_offset()
         if end != self.output_end:
             raise SequenceError(

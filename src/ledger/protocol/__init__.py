@@ -6,7 +6,7 @@ codes, and the codec that puts them on the wire. This layer imports nothing else
 ours: the logs, the reducers, settlement and the app all build on it.
 """
 
-from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS, Codec, DecodeError
+from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS, Codec, CommandError, DecodeError, check_command
 from ledger.protocol.commands import (
     COMMAND_TYPES,
     CancelOrder,
@@ -62,6 +62,7 @@ __all__ = [
     "CancelRequested",
     "Codec",
     "Command",
+    "CommandError",
     "DecodeError",
     "DefinitionError",
     "Deposit",
@@ -89,4 +90,5 @@ __all__ = [
     "TradeSettled",
     "Withdraw",
     "Withdrawn",
+    "check_command",
 ]

@@ -10,13 +10,15 @@ an unknown tag or truncated bytes raise ``DecodeError`` naming where the record 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ledger.protocol.commands import Command
+from ledger.protocol.commands import COMMAND_TYPES, Command
 from ledger.protocol.events import BalanceEvent
+from ledger.protocol.limits import COMMAND_BYTES_MAX
 from ledger.protocol.outputs import EngineOutput
 
 BIG_INT_EXT = 1
@@ -37,6 +39,19 @@ class DecodeError(ValueError):
     def __init__(self, where: str, problem: str) -> None:
         super().__init__(f"{where}: {problem}")
         self.where = where
+        self.problem = problem
+
+
+class CommandError(ValueError):
+    """A command that breaks the schema (a field of the wrong type or out of its range,
+    or the whole too large), refused where it enters. ``field`` names the field
+    (``asset.decimals`` for a nested one; ``""`` for the command as a whole)."""
+
+    def __init__(self, kind: str, field: str, problem: str) -> None:
+        where = f"{kind}.{field}" if field else kind
+        super().__init__(f"{where}: {problem}")
+        self.kind = kind
+        self.field = field
         self.problem = problem
 
 
@@ -134,3 +149,55 @@ COMMANDS: Codec[Command] = Codec(Command, "command")
 EVENTS: Codec[BalanceEvent] = Codec(BalanceEvent, "balance event")
 OUTPUTS: Codec[EngineOutput] = Codec(EngineOutput, "engine output")
 
+
+_PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
+
+
+def _field_path(kind: type, indexes: list[int]) -> str:
+    """The dotted field name at ``indexes`` of an array-like record (a tagged one's first
+    element is its tag)."""
+    names: list[str] = []
+    current: Any = kind
+    tagged = True
+    for index in indexes:
+        fields = msgspec.structs.fields(current) if isinstance(current, type) else ()
+        position = index - 1 if tagged else index
+        if not 0 <= position < len(fields):
+            names.append(f"[{index}]")
+            break
+        names.append(fields[position].name)
+        current = fields[position].type
+        tagged = False
+    return ".".join(names)
+
+
+def _unencodable_field(record: Any) -> str:
+    for field in msgspec.structs.fields(record):
+        try:
+            COMMANDS.encode(getattr(record, field.name))
+        except (TypeError, ValueError):
+            return field.name
+    return ""
+
+
+def check_command(command: Command) -> bytes:
+    """The encoded ``command`` if it keeps the schema; else ``CommandError`` naming the
+    field. The check is the strict decoder itself, run over the encoding, so it is the
+    same rule that guards every reader of balance.operations."""
+    kind = type(command)
+    if kind not in COMMAND_TYPES:
+        raise CommandError(kind.__name__, "", f"not a command (one of {', '.join(t.__name__ for t in COMMAND_TYPES)})")
+    try:
+        data = COMMANDS.encode(command)
+    except (TypeError, ValueError) as error:
+        raise CommandError(kind.__name__, _unencodable_field(command), f"cannot be encoded: {error}") from None
+    if len(data) > COMMAND_BYTES_MAX:
+        raise CommandError(kind.__name__, "", f"{len(data)} bytes encoded, over COMMAND_BYTES_MAX {COMMAND_BYTES_MAX}")
+    try:
+        COMMANDS.decode(data)
+    except DecodeError as error:
+        match = _PATH.search(error.problem)
+        field = _field_path(kind, [int(i) for i in re.findall(r"\d+", match.group(1))]) if match else ""
+        problem = _PATH.sub("", error.problem).removeprefix("not a valid command: ")
+        raise CommandError(kind.__name__, field, problem) from None
+    return data

@@ -2,18 +2,29 @@
 
 A command is a request, not a fact: UBSCore answers every command with exactly one event,
 an acceptance or a ``Rejected`` with a reason code. Timestamps travel inside commands so
-that no reducer reads a clock. Fields are validated by ``decide``, not on construction,
-so a bad command becomes a recorded rejection rather than an exception.
+that no reducer reads a clock.
+
+Two kinds of check, in two places. The schema (the field types below: an ``Int64`` is a
+true int within 64 bits, an enum one of its values, an amount an int of at most
+``BIG_INT_BYTES_MAX`` bytes, the whole at most ``COMMAND_BYTES_MAX`` encoded) is checked
+where a command enters: ``check_command`` raises ``CommandError`` naming the field, and
+the strict decoder refuses a record that breaks it, so a badly typed value never reaches
+a log. The rules (a known asset, a positive amount, enough funds) are ``decide``'s: a
+command that breaks one is answered with a recorded ``Rejected``.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 
+from ledger.protocol.limits import INT64_MAX, INT64_MIN
 from ledger.protocol.market import Asset, Symbol
+
+# An integer field that is not an amount: ids, quantities, prices, timestamps.
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class Side(IntEnum):
@@ -55,64 +66,64 @@ class _Command(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False)
 class Deposit(_Command, frozen=True):
     """Credit ``amount`` minor units of ``asset`` to ``user``'s available balance."""
 
-    user: int
-    request_id: int
+    user: Int64
+    request_id: Int64
     asset: str
     amount: int
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class Withdraw(_Command, frozen=True):
     """Debit ``amount`` from ``user``'s available balance (never from locked funds)."""
 
-    user: int
-    request_id: int
+    user: Int64
+    request_id: Int64
     asset: str
     amount: int
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class PlaceOrder(_Command, frozen=True):
     """Place an order of ``qty`` lots. A limit order has ``price`` in ticks; a market buy
     has a ``quote_budget`` in quote minor units, which is what UBSCore locks for it."""
 
-    user: int
-    request_id: int
+    user: Int64
+    request_id: Int64
     symbol: str
     side: Side
-    qty: int
-    price: int = 0
+    qty: Int64
+    price: Int64 = 0
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.GTC
     quote_budget: int = 0
     stp: SelfTrade = SelfTrade.CANCEL_TAKER
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class CancelOrder(_Command, frozen=True):
     """Ask to cancel ``order_id``; funds are released when the engine confirms."""
 
-    user: int
-    request_id: int
-    order_id: int
-    ts_ms: int = 0
+    user: Int64
+    request_id: Int64
+    order_id: Int64
+    ts_ms: Int64 = 0
 
 
 class ListAsset(_Command, frozen=True):
     """Operator command: make an asset known. Recorded in the log so replay needs
     nothing but the log."""
 
-    request_id: int
+    request_id: Int64
     asset: Asset
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class ListSymbol(_Command, frozen=True):
     """Operator command: open a symbol for trading."""
 
-    request_id: int
+    request_id: Int64
     symbol: Symbol
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 Command = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, ListAsset, ListSymbol]

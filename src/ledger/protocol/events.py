@@ -22,7 +22,7 @@ from ledger.protocol.market import Asset, Symbol
 # Bumped whenever a field is appended to any record type. Readers accept every version
 # up to their own; records carry no per-record version because trailing defaults make
 # older records decode unchanged.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
@@ -123,15 +123,20 @@ class Rejected(_Event, frozen=True):
     """A command refused, with the command itself for the audit trail.
 
     For a retried request (``DUPLICATE_REQUEST``) ``original_seq`` and ``original_reason``
-    give the outcome of the first attempt (reason 0 means it was accepted).
+    give the outcome of the first attempt (reason 0 means it was accepted). A record that
+    is not a command of the schema (``MALFORMED_COMMAND``) is not quoted: ``command`` is
+    None and ``record_bytes`` and ``record_digest`` (blake2b-128 of the record, hex) name
+    what was refused.
     """
 
     seq: int
     input_offset: int
     reason: int
-    command: Command
+    command: Command | None
     original_seq: int = 0
     original_reason: int = 0
+    record_bytes: int = 0
+    record_digest: str = ""
 
 
 class TradeSettled(_Event, frozen=True):

@@ -26,6 +26,18 @@ REQUEST_ID_MAX = 2**63 - 1
 ORDER_QTY_LOTS_MAX = 2**63 - 1
 ORDER_PRICE_TICKS_MAX = 2**63 - 1
 
+# Every integer field of a record that is not an amount (ids, seqs, offsets, quantities,
+# prices, timestamps) fits a signed 64-bit integer: a BIGINT column in every database and
+# a plain msgpack int. The strict decoder refuses a wider one, so none reaches a log.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# A command is a short request: a few ids, a code or two and some amounts, far below a
+# kilobyte. The bound keeps a client's bug from writing megabytes to balance.operations,
+# and keeps UBSCore's answer to any command (which never quotes more than the command)
+# far below RECORD_BYTES_MAX.
+COMMAND_BYTES_MAX = 4096
+
 # Order ids are assigned by UBSCore: (shard << ORDER_ID_SHARD_SHIFT) | seq, so they are
 # unique across shards without coordination and an order id names the shard that owns it.
 ORDER_ID_SHARD_SHIFT = 48

@@ -41,3 +41,6 @@ class Reason(IntEnum):
     IOC_REMAINDER = 25
     DUPLICATE_ORDER_ID = 26
     BUDGET_EXHAUSTED = 27
+    # A record of balance.operations that is not a command of the schema (it does not
+    # decode, or it is over COMMAND_BYTES_MAX): answered without quoting it.
+    MALFORMED_COMMAND = 28

@@ -12,12 +12,15 @@ changes nothing but ``seq`` (and the request window, so a retry gets the same an
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
+from ledger.protocol.codec import COMMANDS, DecodeError, check_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, FundsUnlocked, TradeSettled
+from ledger.protocol.limits import COMMAND_BYTES_MAX
 from ledger.protocol.outputs import EngineOutput
-from ledger.ubscore.decision import decide_command, decide_output
+from ledger.ubscore.decision import decide_command, decide_output, reject_malformed
 from ledger.ubscore.evolution import evolve, evolve_all
 from ledger.ubscore.snapshots import restore, snapshot, state_hash
 from ledger.ubscore.state import SequenceError, State
@@ -42,12 +45,37 @@ class UBSCore:
         self.engine_cursor: dict[str, int] = dict(self.state.last_engine_seq)
 
     def execute(self, command: Command, input_offset: int) -> list[BalanceEvent]:
-        """decide + evolve for one command; returns its one event."""
-        if input_offset <= self.state.last_input_offset:
-            raise SequenceError(f"command at offset {input_offset} is not after {self.state.last_input_offset}")
+        """decide + evolve for one command; returns its one event. A command that breaks
+        the schema raises ``CommandError`` naming the field, and changes nothing."""
+        check_command(command)
+        return self.execute_checked(command, input_offset)
+
+    def execute_checked(self, command: Command, input_offset: int) -> list[BalanceEvent]:
+        """``execute`` for a command known to keep the schema: one the strict decoder
+        read from a log, or one ``check_command`` passed."""
+        self._check_offset(input_offset)
         events = decide_command(self.state, command, input_offset)
         evolve_all(self.state, events)
         return events
+
+    def execute_record(self, record: bytes | memoryview, input_offset: int) -> list[BalanceEvent]:
+        """decide + evolve for one record of balance.operations: a command, or anything
+        else, which is answered with ``Rejected(MALFORMED_COMMAND)`` naming the record's
+        size and digest (a client's bug is answered, never a reason to stop)."""
+        command = None
+        if len(record) <= COMMAND_BYTES_MAX:
+            with contextlib.suppress(DecodeError):
+                command = COMMANDS.decode(record)
+        if command is not None:
+            return self.execute_checked(command, input_offset)
+        self._check_offset(input_offset)
+        events = reject_malformed(self.state, input_offset, record)
+        evolve_all(self.state, events)
+        return events
+
+    def _check_offset(self, input_offset: int) -> None:
+        if input_offset <= self.state.last_input_offset:
+            raise SequenceError(f"command at offset {input_offset} is not after {self.state.last_input_offset}")
 
     def settle(self, output: EngineOutput) -> list[BalanceEvent]:
         """decide + evolve for one engine output; a repeat of an output already settled

@@ -7,6 +7,9 @@ ended order's lock; one that contradicts UBSCore's orders raises ``InvariantErro
 
 from __future__ import annotations
 
+import hashlib
+
+from ledger.protocol.codec import check_command
 from ledger.protocol.commands import (
     CancelOrder,
     Command,
@@ -160,12 +163,8 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
         return _reject(state, offset, problem, c)
     # Valid from here on: the canonical members, compared by identity (cheaper than an
     # IntEnum's ==).
-    try:
-        side, order_type = _SIDE_OF[c.side], _ORDER_TYPE_OF[c.order_type]
-        tif, stp = _TIF_OF[c.tif], _STP_OF[c.stp]
-    except TypeError:  # equal to a valid value but unhashable: the enums look up by ==
-        side, order_type = Side(c.side), OrderType(c.order_type)
-        tif, stp = TimeInForce(c.tif), SelfTrade(c.stp)
+    side, order_type = _SIDE_OF[c.side], _ORDER_TYPE_OF[c.order_type]
+    tif, stp = _TIF_OF[c.tif], _STP_OF[c.stp]
     qty, price = c.qty, c.price
     symbol = info.symbol
     if side is _BUY:
@@ -235,8 +234,11 @@ def _decide_list_symbol(state: State, c: ListSymbol, offset: int) -> list[Balanc
 
 
 def decide_command(state: State, command: Command, input_offset: int) -> list[BalanceEvent]:
-    """Validate ``command`` (read from balance.operations at ``input_offset``) and return
-    its one event. Never changes ``state``; never raises for a bad command."""
+    """Validate ``command`` (read from balance.operations at ``input_offset``) against the
+    rules and the state, and return its one event. Never changes ``state``.
+
+    The command must keep the schema (``check_command``, or decoded by the strict
+    decoder): then every rule it breaks is answered with a ``Rejected``, never raised."""
     # Checks every command shares: a valid user and request id, and not a retry.
     match command:
         case PlaceOrder() | CancelOrder() | Deposit() | Withdraw():
@@ -267,6 +269,13 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
         case ListSymbol():
             return _decide_list_symbol(state, command, input_offset)
     raise AssertionError("unreachable: every command type is matched above")
+
+
+def reject_malformed(state: State, input_offset: int, record: bytes | memoryview) -> list[BalanceEvent]:
+    """The answer to a record of balance.operations that is not a command of the schema:
+    a ``Rejected`` that names the record by size and digest, never quoting it."""
+    digest = hashlib.blake2b(record, digest_size=16).hexdigest()
+    return [Rejected(state.seq + 1, input_offset, int(Reason.MALFORMED_COMMAND), None, 0, 0, len(record), digest)]
 
 
 def _decide_trade(state: State, t: Trade) -> list[BalanceEvent]:
@@ -400,7 +409,9 @@ def decide_output(state: State, output: EngineOutput) -> list[BalanceEvent]:
 
 def decide(state: State, item: Input, input_offset: int = -1) -> list[BalanceEvent]:
     """The events ``item`` produces: a command read at ``input_offset`` of
-    balance.operations, or an engine output (which carries its own position)."""
+    balance.operations, or an engine output (which carries its own position). A command
+    that breaks the schema raises ``CommandError`` naming the field."""
     if isinstance(item, (Trade, OrderRested, OrderCancelled, OrderExpired, OrderRejected)):
         return decide_output(state, item)
+    check_command(item)
     return decide_command(state, item, input_offset)

@@ -89,7 +89,7 @@ def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
 
 def _evolve_rejected(state: State, e: Rejected) -> None:
     state.last_input_offset = e.input_offset
-    if e.reason not in NOT_REMEMBERED:
+    if e.command is not None and e.reason not in NOT_REMEMBERED:
         remember(state, command_user(e.command), e.command.request_id, e)
 
 

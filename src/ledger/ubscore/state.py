@@ -73,6 +73,7 @@ NOT_REMEMBERED = frozenset(
         Reason.REQUEST_ID_CONFLICT,
         Reason.INVALID_USER,
         Reason.INVALID_REQUEST_ID,
+        Reason.MALFORMED_COMMAND,
     }
 )
 
@@ -228,6 +229,7 @@ def outcome(entry: WindowEntry) -> Outcome:
     if isinstance(entry, tuple):
         return entry
     if isinstance(entry, Rejected):
+        assert entry.command is not None, "a malformed command is never remembered"
         return fingerprint(entry.command), entry.seq, entry.reason
     return fingerprint(entry), entry.seq, 0
 
