@@ -95,8 +95,6 @@ def _is_amount(value: object) -> bool:
 
 
 def _decide_deposit(state: State, c: Deposit, offset: int) -> list[BalanceEvent]:
-    if c.user == FEE_ACCOUNT_USER:
-        return _reject(state, offset, Reason.INVALID_USER, c)
     index = state.asset_index.get(c.asset)
     if index is None:
         return _reject(state, offset, Reason.UNKNOWN_ASSET, c)
@@ -153,8 +151,6 @@ def _order_problem(c: PlaceOrder) -> Reason | None:
 
 
 def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent]:
-    if c.user == FEE_ACCOUNT_USER:
-        return _reject(state, offset, Reason.INVALID_USER, c)
     info = state.symbols.get(c.symbol)
     if info is None:
         return _reject(state, offset, Reason.UNKNOWN_SYMBOL, c)
@@ -241,7 +237,11 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
     decoder): then every rule it breaks is answered with a ``Rejected``, never raised."""
     # Checks every command shares: a valid user and request id, and not a retry.
     match command:
-        case PlaceOrder() | CancelOrder() | Deposit() | Withdraw():
+        case PlaceOrder() | Deposit():
+            user = command.user
+            if user == FEE_ACCOUNT_USER:  # before the window: listings use its request ids
+                return _reject(state, input_offset, Reason.INVALID_USER, command)
+        case CancelOrder() | Withdraw():
             user = command.user
         case ListAsset() | ListSymbol():
             user = FEE_ACCOUNT_USER
