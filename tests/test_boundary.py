@@ -222,3 +222,23 @@ def test_every_record_of_an_exchange_run_passes_the_strict_decoder() -> None:
             for raw in batch.values:
                 record = codec.decode(raw)
                 assert codec.encode(record) == bytes(raw)
+
+
+@pytest.mark.parametrize(("field", "value"), [("seq", 2**63), ("user", 2**64), ("input_offset", -(2**63) - 1)])
+def test_an_id_beyond_64_bits_in_an_event_is_a_decode_error_and_a_recorded_fault(field: str, value: int) -> None:
+    from ledger import DecodeError
+    from settlement import Projector, Source, open_store
+
+    core = UBSCore()
+    listing = [ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)), ListSymbol(3, BTC_USDT)]
+    good = [event for offset, command in enumerate(listing) for event in core.execute(command, offset)]
+    (deposit,) = core.execute(Deposit(7, 1, "USDT", 10**6), 3)
+    events = MemoryLog("balance.events")
+    forged = msgspec.structs.replace(deposit, **{field: value})
+    events.append([*(EVENTS.encode(e) for e in good), EVENTS.encode(forged)])
+    with pytest.raises(DecodeError, match="balance.events offset 3"):
+        replay(events)
+    store = open_store("sqlite::memory:")
+    report = Projector(store, [Source("balance.events", events, "balance")]).run()
+    (fault,) = store.faults()
+    assert fault.stream == "balance.events" and report.streams[0].halted

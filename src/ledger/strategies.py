@@ -25,6 +25,7 @@ from ledger.protocol.commands import (
     CancelOrder,
     Command,
     Deposit,
+    Int64,
     ListAsset,
     ListSymbol,
     OrderType,
@@ -41,7 +42,7 @@ from ledger.protocol.events import (
     Rejected,
     SymbolListed,
 )
-from ledger.protocol.limits import AMOUNT_MAX
+from ledger.protocol.limits import AMOUNT_MAX, INT64_MAX, INT64_MIN
 from ledger.protocol.market import Asset, Market, Symbol
 from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, EngineOutput
 
@@ -235,6 +236,8 @@ def _builds_by_annotation(kind: type) -> st.SearchStrategy[Any]:
             fields[name] = st.sampled_from(list(annotation))  # type: ignore[call-overload]  # an IntEnum
         elif name in ("seq", "engine_seq", "input_seq", "trade_id", "order_id", "user"):
             fields[name] = st.integers(0, 2**62)
+        elif annotation == Int64:
+            fields[name] = st.one_of(st.integers(INT64_MIN, INT64_MAX), st.sampled_from([INT64_MIN, 0, INT64_MAX]))
         elif "Meta(gt=0)" in repr(annotation):
             fields[name] = _positive()
         else:

@@ -16,7 +16,7 @@ from typing import Annotated, Union
 
 import msgspec
 
-from ledger.protocol.commands import Command, OrderType, SelfTrade, Side, TimeInForce
+from ledger.protocol.commands import Command, Int64, OrderType, SelfTrade, Side, TimeInForce
 from ledger.protocol.market import Asset, Symbol
 
 # Bumped whenever a field is appended to any record type. Readers accept every version
@@ -35,18 +35,18 @@ class _Event(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
 class AssetListed(_Event, frozen=True):
     """An asset became known; its index is the order of listing."""
 
-    seq: int
-    input_offset: int
-    request_id: int
+    seq: Int64
+    input_offset: Int64
+    request_id: Int64
     asset: Asset
 
 
 class SymbolListed(_Event, frozen=True):
     """A symbol opened for trading."""
 
-    seq: int
-    input_offset: int
-    request_id: int
+    seq: Int64
+    input_offset: Int64
+    request_id: Int64
     symbol: Symbol
 
 
@@ -54,30 +54,30 @@ class Deposited(_Event, frozen=True):
     """``amount`` credited to available; ``available`` and ``locked`` are the user's
     balances of ``asset`` after it."""
 
-    seq: int
-    input_offset: int
-    user: int
-    request_id: int
+    seq: Int64
+    input_offset: Int64
+    user: Int64
+    request_id: Int64
     asset: str
     amount: Positive
     available: NonNegative
     locked: NonNegative
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class Withdrawn(_Event, frozen=True):
     """``amount`` debited from available; ``available`` and ``locked`` are the user's
     balances of ``asset`` after it."""
 
-    seq: int
-    input_offset: int
-    user: int
-    request_id: int
+    seq: Int64
+    input_offset: Int64
+    user: Int64
+    request_id: Int64
     asset: str
     amount: Positive
     available: NonNegative
     locked: NonNegative
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class OrderAccepted(_Event, frozen=True):
@@ -87,11 +87,11 @@ class OrderAccepted(_Event, frozen=True):
     ``locked`` are that asset's balances after the move.
     """
 
-    seq: int
-    input_offset: int
-    user: int
-    request_id: int
-    order_id: int
+    seq: Int64
+    input_offset: Int64
+    user: Int64
+    request_id: Int64
+    order_id: Int64
     symbol: str
     side: Side
     order_type: OrderType
@@ -104,19 +104,19 @@ class OrderAccepted(_Event, frozen=True):
     lock_amount: Positive
     available: NonNegative
     locked: NonNegative
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class CancelRequested(_Event, frozen=True):
     """The user asked to cancel; the engine decides (the order may already be filled)."""
 
-    seq: int
-    input_offset: int
-    user: int
-    request_id: int
-    order_id: int
+    seq: Int64
+    input_offset: Int64
+    user: Int64
+    request_id: Int64
+    order_id: Int64
     symbol: str
-    ts_ms: int = 0
+    ts_ms: Int64 = 0
 
 
 class Rejected(_Event, frozen=True):
@@ -129,13 +129,13 @@ class Rejected(_Event, frozen=True):
     what was refused.
     """
 
-    seq: int
-    input_offset: int
-    reason: int
+    seq: Int64
+    input_offset: Int64
+    reason: Int64
     command: Command | None
-    original_seq: int = 0
-    original_reason: int = 0
-    record_bytes: int = 0
+    original_seq: Int64 = 0
+    original_reason: Int64 = 0
+    record_bytes: Int64 = 0
     record_digest: str = ""
 
 
@@ -149,20 +149,20 @@ class TradeSettled(_Event, frozen=True):
     trade; the fee account's are its available balances of base and quote.
     """
 
-    seq: int
+    seq: Int64
     symbol: str
-    engine_seq: int
-    trade_id: int
+    engine_seq: Int64
+    trade_id: Int64
     price: Positive
     qty: Positive
     maker_side: Side
     base_amount: Positive
     quote_amount: Positive
-    maker_user: int
-    maker_order_id: int
+    maker_user: Int64
+    maker_order_id: Int64
     maker_fee: NonNegative
-    taker_user: int
-    taker_order_id: int
+    taker_user: Int64
+    taker_order_id: Int64
     taker_fee: NonNegative
     taker_refund: NonNegative
     maker_base_available: NonNegative
@@ -186,16 +186,16 @@ class FundsUnlocked(_Event, frozen=True):
     closes the order. ``reason`` is the engine output's tag code (see ``UNLOCK_*``).
     """
 
-    seq: int
+    seq: Int64
     symbol: str
-    engine_seq: int
-    user: int
-    order_id: int
+    engine_seq: Int64
+    user: Int64
+    order_id: Int64
     asset: str
     amount: NonNegative
     available: NonNegative
     locked: NonNegative
-    reason: int
+    reason: Int64
 
 
 # Why an order's funds were unlocked.

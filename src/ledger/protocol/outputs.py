@@ -12,7 +12,7 @@ from typing import Union
 
 import msgspec
 
-from ledger.protocol.commands import Side
+from ledger.protocol.commands import Int64, Side
 
 
 class _Output(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
@@ -22,32 +22,32 @@ class _Output(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
 class OrderRested(_Output, frozen=True):
     """The order (or its remainder) now rests on the book."""
 
-    seq: int
+    seq: Int64
     symbol: str
-    input_seq: int
-    order_id: int
-    user: int
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
     side: Side
-    price: int
-    qty_remaining: int
+    price: Int64
+    qty_remaining: Int64
 
 
 class Trade(_Output, frozen=True):
     """A fill at the maker's price. ``taker_limit_price`` is 0 for a market order.
     ``maker_done``/``taker_done`` say whether that order has ended with this fill."""
 
-    seq: int
+    seq: Int64
     symbol: str
-    input_seq: int
-    trade_id: int
-    price: int
-    qty: int
+    input_seq: Int64
+    trade_id: Int64
+    price: Int64
+    qty: Int64
     maker_side: Side
-    maker_user: int
-    maker_order_id: int
-    taker_user: int
-    taker_order_id: int
-    taker_limit_price: int
+    maker_user: Int64
+    maker_order_id: Int64
+    taker_user: Int64
+    taker_order_id: Int64
+    taker_limit_price: Int64
     maker_done: bool
     taker_done: bool
 
@@ -55,36 +55,36 @@ class Trade(_Output, frozen=True):
 class OrderCancelled(_Output, frozen=True):
     """The order ended by cancellation (by request or self-trade prevention)."""
 
-    seq: int
+    seq: Int64
     symbol: str
-    input_seq: int
-    order_id: int
-    user: int
-    qty_remaining: int
-    reason: int
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
+    qty_remaining: Int64
+    reason: Int64
 
 
 class OrderExpired(_Output, frozen=True):
     """The order ended unfilled or partly filled by its time in force (IOC, FOK, market)."""
 
-    seq: int
+    seq: Int64
     symbol: str
-    input_seq: int
-    order_id: int
-    user: int
-    qty_remaining: int
-    reason: int
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
+    qty_remaining: Int64
+    reason: Int64
 
 
 class OrderRejected(_Output, frozen=True):
     """The engine refused an order (never matched) or a cancel of an unknown order."""
 
-    seq: int
+    seq: Int64
     symbol: str
-    input_seq: int
-    order_id: int
-    user: int
-    reason: int
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
+    reason: Int64
 
 
 EngineOutput = Union[OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
