@@ -11,14 +11,23 @@
   start), ``read`` from an earlier offset raises ``LogError`` rather than silently
   starting later.
 
+Connection settings for a real cluster (SASL, TLS and any other librdkafka client
+property) come from ``client_config`` (see ``load_client_config``: a properties file or
+``LEDGER_KAFKA_*`` environment variables, never the command line, so they never show in
+``ps``) and reach every client the log makes: producer, consumers and admin. Secret
+values never appear in an error; an address with credentials in it is refused.
+
 confluent-kafka is imported only here, so ``import ledger`` does not load it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ledger.logs.base import LogError, ReadBatch
@@ -43,6 +52,85 @@ VISIBLE_POLL_S_FIRST = 0.001
 VISIBLE_POLL_S_MAX = 0.1
 
 
+# Client properties the library sets itself, because its guarantees rest on them
+# (exactly-once appends, read_committed reads by position, the address given apart).
+OWNED_CLIENT_PROPERTIES = frozenset(
+    {
+        "bootstrap.servers",
+        "transactional.id",
+        "enable.idempotence",
+        "acks",
+        "isolation.level",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "group.id",
+    }
+)
+# Environment variables LEDGER_KAFKA_SASL_USERNAME and the like set the property
+# sasl.username: lower case, underscores for dots (librdkafka's names hold no underscore).
+CLIENT_ENV_PREFIX = "LEDGER_KAFKA_"
+# The variable naming a properties file of client settings.
+CLIENT_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
+_SECRET = re.compile(r"password|secret|key|token|credential", re.I)
+
+
+class KafkaConfigError(LogError):
+    """Kafka connection settings that cannot be used; the message never holds a secret."""
+
+
+def check_bootstrap(bootstrap: str) -> str:
+    """``bootstrap`` if it is a plain list of HOST:PORT; an address holding credentials
+    (``user:pw@host``) is refused without repeating it."""
+    if "@" in bootstrap or "://" in bootstrap:
+        raise KafkaConfigError(
+            "kafka address: credentials or a scheme inside the address are refused (give HOST:PORT[,HOST:PORT] "
+            f"and put credentials in the file named by {CLIENT_CONFIG_FILE_ENV} or in {CLIENT_ENV_PREFIX}* "
+            "variables); the address is not repeated here"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d+(,[A-Za-z0-9.\-\[\]:]+:\d+)*", bootstrap):
+        raise KafkaConfigError(f"kafka address {bootstrap!r}: use HOST:PORT[,HOST:PORT...]")
+    return bootstrap
+
+
+def load_client_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Client properties for every Kafka client: ``path`` (or the file named by
+    ``LEDGER_KAFKA_CONFIG``), a Java-style properties file of ``key=value`` lines (``#``
+    comments), then ``LEDGER_KAFKA_*`` variables over it. Properties the library owns
+    (``OWNED_CLIENT_PROPERTIES``) are refused."""
+    env = os.environ if environ is None else environ
+    config: dict[str, str] = {}
+    file = path if path is not None else env.get(CLIENT_CONFIG_FILE_ENV)
+    if file:
+        try:
+            lines = Path(file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise KafkaConfigError(f"kafka config {file}: cannot read: {type(error).__name__}") from None
+        for number, line in enumerate(lines, start=1):
+            text = line.strip()
+            if not text or text.startswith(("#", "!")):
+                continue
+            key, sep, value = text.partition("=")
+            if not sep or not key.strip():
+                raise KafkaConfigError(f"kafka config {file} line {number}: not key=value")
+            config[key.strip()] = value.strip()
+    for name, value in env.items():
+        if name.startswith(CLIENT_ENV_PREFIX) and name != CLIENT_CONFIG_FILE_ENV:
+            config[name[len(CLIENT_ENV_PREFIX) :].lower().replace("_", ".")] = value
+    owned = sorted(OWNED_CLIENT_PROPERTIES & set(config))
+    if owned:
+        raise KafkaConfigError(f"kafka config: {', '.join(owned)} are set by the library and cannot be configured")
+    return config
+
+
+def _scrub(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` with the value of every secret-looking property replaced."""
+    for key, value in config.items():
+        if _SECRET.search(key) and isinstance(value, str) and value:
+            text = text.replace(value, "***")
+    return text
+
+
 def _kafka() -> Any:
     import confluent_kafka
 
@@ -50,17 +138,29 @@ def _kafka() -> Any:
 
 
 def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 1, replication_factor: int = 1, config: dict[str, str] | None = None
+    bootstrap: str,
+    topic: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+    client_config: Mapping[str, str] | None = None,
 ) -> bool:
     """Create ``topic`` with the event-topic settings if it does not exist.
 
     Returns True if it was created. The partition count is explicit: the library never
-    relies on a broker default.
+    relies on a broker default. ``client_config`` holds the connection settings.
     """
     kafka = _kafka()
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    settings_client: dict[str, str | int | float | bool] = {
+        **(client_config or {}),
+        "bootstrap.servers": check_bootstrap(bootstrap),
+    }
+    try:
+        admin = AdminClient(settings_client)
+    except kafka.KafkaException as error:
+        raise KafkaConfigError(f"kafka admin client: {_scrub(str(error), settings_client)}") from None
     settings = dict(EVENT_TOPIC_CONFIG)
     settings.update(config or {})
     futures = admin.create_topics(
@@ -73,7 +173,9 @@ def ensure_topic(
     except kafka.KafkaException as error:
         if error.args[0].code() == kafka.KafkaError.TOPIC_ALREADY_EXISTS:
             return False
-        raise LogError(f"kafka {bootstrap} topic {topic}: cannot create: {error}") from None
+        raise LogError(
+            f"kafka {bootstrap} topic {topic}: cannot create: {_scrub(str(error), settings_client)}"
+        ) from None
 
 
 class KafkaLog:
@@ -91,8 +193,11 @@ class KafkaLog:
         *,
         transactional_id: str | None = None,
         producer_config: dict[str, Any] | None = None,
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.bootstrap = check_bootstrap(bootstrap)
+        # Connection settings for every client this log makes (see load_client_config).
+        self._client_config = dict(client_config or {})
         self.topic = topic
         self.partition = partition
         self.name = f"kafka {topic}[{partition}]"
@@ -110,6 +215,7 @@ class KafkaLog:
         if self._producer is None:
             kafka = _kafka()
             config = {
+                **self._client_config,
                 "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",
@@ -120,7 +226,10 @@ class KafkaLog:
             if self.transactional_id:
                 config["transactional.id"] = self.transactional_id
             config.update(self._producer_config)
-            self._producer = kafka.Producer(config)
+            try:
+                self._producer = kafka.Producer(config)
+            except kafka.KafkaException as error:
+                raise KafkaConfigError(f"{self.name}: cannot make a producer: {_scrub(str(error), config)}") from None
             if self.transactional_id:
                 try:
                     self._producer.init_transactions(KAFKA_TIMEOUT_S)
@@ -184,19 +293,23 @@ class KafkaLog:
     # -- reading ----------------------------------------------------------------------
 
     def _new_consumer(self) -> Any:
-        return _kafka().Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                # A group id is required by the client, but nothing is ever committed
-                # and partitions are assigned by hand: there is no group membership.
-                "group.id": f"ledger-reader-{self.topic}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "error",
-                "fetch.max.bytes": 64 * 1024 * 1024,
-            }
-        )
+        kafka = _kafka()
+        config = {
+            **self._client_config,
+            "bootstrap.servers": self.bootstrap,
+            # A group id is required by the client, but nothing is ever committed
+            # and partitions are assigned by hand: there is no group membership.
+            "group.id": f"ledger-reader-{self.topic}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "error",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+        try:
+            return kafka.Consumer(config)
+        except kafka.KafkaException as error:
+            raise KafkaConfigError(f"{self.name}: cannot make a consumer: {_scrub(str(error), config)}") from None
 
     def _consumer_for(self, offset: int) -> Any:
         kafka = _kafka()
@@ -260,7 +373,9 @@ class KafkaLog:
                         continue
                     raise LogError(f"{self.name} offset {message.offset()}: {error}")
                 offsets.append(message.offset())
-                values.append(message.value())
+                # A null value (a tombstone) is no record of ours: an empty one, which
+                # every reader refuses as malformed, naming its offset.
+                values.append(message.value() or b"")
             if self._position(consumer) >= high:
                 break
         next_offset = self._position(consumer)

@@ -1,0 +1,87 @@
+"""Kafka connection settings for real deployments: loaded from a file or the environment,
+given to every client the library makes, never echoed; credentials in an address refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ledger.logs.kafka import KafkaConfigError, KafkaLog, check_bootstrap, ensure_topic, load_client_config
+
+SECRET = "s3cret-pw-do-not-print"
+
+
+def test_settings_come_from_a_properties_file_then_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "client.properties"
+    file.write_text(
+        f"# SASL over TLS\nsecurity.protocol = SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.password={SECRET}\n"
+    )
+    environ = {"LEDGER_KAFKA_CONFIG": str(file), "LEDGER_KAFKA_SASL_USERNAME": "ubscore", "HOME": "/root"}
+    assert load_client_config(environ=environ) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.password": SECRET,
+        "sasl.username": "ubscore",
+    }
+    assert load_client_config(environ={}) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("bootstrap.servers=evil:9092\n", "set by the library"), ("isolation.level=read_uncommitted\n", "set by the"),
+     ("no equals sign\n", "line 1: not key=value")],
+)
+def test_a_bad_config_file_is_refused_saying_what(tmp_path: Path, text: str, problem: str) -> None:
+    file = tmp_path / "client.properties"
+    file.write_text(text)
+    with pytest.raises(KafkaConfigError, match=problem):
+        load_client_config(file, environ={})
+
+
+def test_an_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KafkaConfigError, match="cannot read"):
+        load_client_config(tmp_path / "missing.properties", environ={})
+
+
+@pytest.mark.parametrize("address", [f"admin:{SECRET}@127.0.0.1:9092", f"sasl_ssl://u:{SECRET}@host:9092"])
+def test_credentials_inside_an_address_are_refused_without_repeating_them(address: str) -> None:
+    with pytest.raises(KafkaConfigError) as refused:
+        check_bootstrap(address)
+    assert SECRET not in str(refused.value) and "not repeated" in str(refused.value)
+    with pytest.raises(KafkaConfigError) as refused:
+        KafkaLog(address, "topic")
+    assert SECRET not in str(refused.value)
+
+
+def test_a_plain_address_list_is_accepted() -> None:
+    assert check_bootstrap("127.0.0.1:9092,broker-2.internal:9093") == "127.0.0.1:9092,broker-2.internal:9093"
+
+
+@pytest.mark.kafka
+def test_the_settings_reach_the_producer_the_consumers_and_the_admin_client(kafka_bootstrap: str) -> None:
+    # A mechanism no client accepts: each client refuses it when made, which shows the
+    # settings reached it; the password given with it appears in no message.
+    config = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "NOPE", "sasl.username": "u",
+              "sasl.password": SECRET}
+    log = KafkaLog(kafka_bootstrap, "never-created", client_config=config)
+    for client, call in [("producer", lambda: log.append([b"x"])), ("consumer", log.end_offset),
+                         ("admin", lambda: ensure_topic(kafka_bootstrap, "never-created", client_config=config))]:
+        with pytest.raises(KafkaConfigError, match="Unsupported SASL mechanism") as refused:
+            call()
+        assert client in str(refused.value) and SECRET not in str(refused.value)
+
+
+@pytest.mark.kafka
+def test_a_log_with_client_settings_works_on_the_real_broker(kafka_bootstrap: str) -> None:
+    import uuid
+
+    config = {"client.id": "ledger-config-test", "socket.keepalive.enable": "true"}
+    topic = f"test-config-{uuid.uuid4().hex[:8]}"
+    assert ensure_topic(kafka_bootstrap, topic, client_config=config)
+    log = KafkaLog(kafka_bootstrap, topic, transactional_id=f"tx-{topic}", client_config=config)
+    try:
+        assert log.append([b"a", b"b"]) == 0
+        assert log.read(0).values == [b"a", b"b"]
+    finally:
+        log.close()
