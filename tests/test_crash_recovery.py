@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError, replay
+from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError
 from ledger.app.stage import UBSCoreStage
 from ledger.logs.base import LogError, scan
+from ledger.replay import replay
 from support import seeded_commands
 
 COMMAND_COUNT = 20_000

@@ -14,8 +14,9 @@ import time
 import msgspec
 import pytest
 
-from ledger import COMMANDS, EVENTS, DecodeError, FileLog, FsyncPolicy, LogError, replay
+from ledger import COMMANDS, EVENTS, DecodeError, FileLog, FsyncPolicy, LogError
 from ledger.logs.base import scan
+from ledger.replay import replay
 from support import run_exchange, seeded_commands
 
 pytestmark = pytest.mark.kafka

@@ -22,6 +22,7 @@ from ledger.app.demo import run_demo
 from ledger.logs.file import FsyncPolicy
 from settlement import Projector, dump, file_sources
 from settlement.sqlite import SQLiteStore
+from support import CASSANDRA_PORT
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +140,6 @@ def test_sqlite_projector_killed_at_random_points_equals_an_uninterrupted_run(wo
 
 @pytest.mark.cassandra
 def test_cql_projector_killed_at_random_points_equals_an_uninterrupted_run(workload, cassandra_session) -> None:
-    from conftest import CASSANDRA_PORT
     from settlement.cql import CqlStore
 
     root, reference = workload
