@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import subprocess
-import sys
 from collections import deque
 from typing import Any
 
@@ -343,8 +341,3 @@ def test_module_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
 
-
-def test_matching_can_be_imported_before_ledger() -> None:
-    # ledger and matching import each other's modules; either may come first in a program.
-    for first in ("matching", "matching.engine", "matching.book", "ledger.protocol.outputs"):
-        subprocess.run([sys.executable, "-c", f"import {first}"], check=True, capture_output=True)
