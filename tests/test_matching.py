@@ -259,10 +259,9 @@ def test_replay_refuses_outputs_that_do_not_fit() -> None:
 
 
 def test_a_budget_that_runs_out_ends_a_market_buy_before_an_own_order_is_reached() -> None:
-    # The old reference cancelled the taker for self-trade here. But the taker cannot pay
-    # for the own order's lot, so it could never trade with it: the budget is what ended
-    # it, and cancelling (or, under CANCEL_MAKER, removing) the own order would be a side
-    # effect of a trade that was never possible.
+    # Not a self-trade: the taker cannot pay for the own order's lot, so it could never
+    # trade with it. The budget is what ended it, and cancelling (or, under CANCEL_MAKER,
+    # removing) the own order would be a side effect of a trade that was never possible.
     for stp in (CANCEL_TAKER, CANCEL_MAKER, CANCEL_BOTH):
         engine = new_engine()
         engine.handle(accepted(2, 1, SELL, 2, 100))

@@ -663,7 +663,7 @@ def test_following_file_logs_written_by_another_process(tmp_path) -> None:
             log.close()
 
 
-# -- review findings: each a case that once went wrong ------------------------------------
+# -- edge cases: an order's end, faults inside a batch, repaired logs ---------------------
 
 
 def test_a_market_buy_filled_with_budget_left_ends_filled_with_its_quantity(new_store: StoreFactory) -> None:
