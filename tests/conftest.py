@@ -37,8 +37,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001 - pytest 
         session.exitstatus = 1
 
 
-KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
-CASSANDRA_PORT = int(os.environ.get("CASSANDRA_PORT", "9042"))
+from support import CASSANDRA_PORT, KAFKA_BOOTSTRAP  # noqa: E402 - needs the path above
 
 
 def _kafka_up() -> str | None:

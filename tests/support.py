@@ -1,4 +1,6 @@
-"""Test support: a deliberately naive matcher and a driver for UBSCore property tests.
+"""Test support, shared by the test modules (which never import each other): the real
+services' addresses, a deliberately naive matcher and a driver for UBSCore property
+tests, the conservation check every test ends with, and whole-exchange workloads.
 
 The naive matcher is not the product's engine: it exists so UBSCore's settlement can be
 tested on its own, with outputs that are valid (trades at the maker's price, within the
@@ -9,13 +11,23 @@ prevention.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from ledger.protocol.commands import Command, OrderType, Side, TimeInForce
+from ledger.app.demo import Workload
+from ledger.app.exchange import Exchange
+from ledger.logs.base import MemoryLog
+from ledger.protocol.commands import Command, ListAsset, ListSymbol, OrderType, Side, TimeInForce
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.market import Asset, Symbol
 from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
+
+# -- real services ----------------------------------------------------------------------
+# Where the servers scripts/services.sh starts listen; conftest.py probes them.
+KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+CASSANDRA_PORT = int(os.environ.get("CASSANDRA_PORT", "9042"))
 
 
 class NaiveMatcher:
@@ -167,3 +179,58 @@ def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
                            rng.randint(95, 105), tif=TimeInForce(rng.choice([0, 0, 0, 1, 2, 3])))
             )
     return commands
+
+
+# -- conservation -----------------------------------------------------------------------
+
+
+def assert_conserved(core: UBSCore) -> None:
+    """Money is never created, destroyed or overdrawn, and every lock belongs to an order."""
+    assert core.state.conservation_problems() == []
+    for user, account in core.state.accounts.items():
+        assert all(value >= 0 for value in account), (user, account)
+    # Every open order's lock is inside its owner's locked balance, and the locked
+    # balances are exactly the sum of the open orders' locks (nothing locked for nobody).
+    locked: dict[tuple[int, int], int] = {}
+    for order in core.state.orders.values():
+        key = (order[0], order[5])
+        locked[key] = locked.get(key, 0) + order[6]
+    for user, account in core.state.accounts.items():
+        for index in range(len(account) // 2):
+            assert account[2 * index + 1] == locked.get((user, index), 0), (user, index)
+
+
+# -- whole-exchange workloads -----------------------------------------------------------
+
+BTC = 10**8  # satoshi per BTC
+USDT = 10**6  # minor units per USDT
+# lot 0.01 BTC; price in whole USDT per BTC, so one price step of one lot is 0.01 USDT.
+BTC_USDT = Symbol("BTC-USDT", "BTC", "USDT", lot=10**6, tick=10**4, maker_fee_ppm=1_000, taker_fee_ppm=2_000)
+
+
+def _memory_exchange(commands_name: str, events_name: str) -> tuple[Exchange, dict[str, MemoryLog]]:
+    outputs: dict[str, MemoryLog] = {}
+
+    def output_log(symbol: str) -> MemoryLog:
+        outputs[symbol] = MemoryLog(f"engine.outputs/{symbol}")
+        return outputs[symbol]
+
+    return Exchange(MemoryLog(commands_name), MemoryLog(events_name), output_log), outputs
+
+
+def new_exchange() -> tuple[Exchange, dict[str, MemoryLog]]:
+    """An in-memory exchange listing BTC, USDT and BTC_USDT; the engines' output logs by symbol."""
+    exchange, outputs = _memory_exchange("balance.operations", "balance.events")
+    exchange.submit([ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)), ListSymbol(3, BTC_USDT)])
+    return exchange, outputs
+
+
+def run_workload(seed: int, orders: int, users: int = 12, symbols: int = 2) -> tuple[Exchange, dict[str, MemoryLog]]:
+    """The demo's random workload (deterministic for a seed) through an in-memory exchange."""
+    exchange, outputs = _memory_exchange("ops", "events")
+    workload = Workload(seed, users, symbols)
+    workload.observe(exchange.submit(workload.setup()))
+    for start in range(0, orders, 250):
+        batch = [workload.next(ts_ms=start + i) for i in range(min(250, orders - start))]
+        workload.observe(exchange.submit(batch))
+    return exchange, outputs

@@ -6,22 +6,7 @@ from hypothesis import given
 
 from ledger.protocol.events import FundsUnlocked, OrderAccepted, TradeSettled
 from ledger.strategies import command_streams
-from support import run_exchange, seeded_commands
-
-
-def assert_conserved(core) -> None:
-    assert core.state.conservation_problems() == []
-    for user, account in core.state.accounts.items():
-        assert all(value >= 0 for value in account), (user, account)
-    # Every open order's lock is inside its owner's locked balance, and the locked
-    # balances are exactly the sum of the open orders' locks (nothing locked for nobody).
-    locked: dict[tuple[int, int], int] = {}
-    for order in core.state.orders.values():
-        key = (order[0], order[5])
-        locked[key] = locked.get(key, 0) + order[6]
-    for user, account in core.state.accounts.items():
-        for index in range(len(account) // 2):
-            assert account[2 * index + 1] == locked.get((user, index), 0), (user, index)
+from support import assert_conserved, run_exchange, seeded_commands
 
 
 @given(command_streams(users=3, max_size=150))

@@ -1,29 +1,46 @@
 """Crash recovery of the UBSCore stage: kill -9 at random points, restart, and the output
-is exactly what an uninterrupted run produces (nothing lost, nothing doubled)."""
+is exactly what an uninterrupted run produces (nothing lost, nothing doubled). One drill,
+run on every log backend the stage deploys on: file logs and the real Kafka."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError, replay
+from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError
 from ledger.app.stage import UBSCoreStage
 from ledger.logs.base import LogError, scan
+from ledger.replay import replay
 from support import seeded_commands
 
 COMMAND_COUNT = 20_000
+# Commands per append while writing the stage's input (a bounded producer batch on Kafka).
+APPEND_COMMANDS_MAX = 5_000
+# Bounds that only turn a hung stage into a failure; they do not shape the drill.
+KILL_WAIT_S_MAX = 120
+EXIT_WAIT_S_MAX = 60
+FINISH_S_MAX = 600
+
+
+@functools.cache
+def commands_of(seed: int) -> tuple[Any, ...]:
+    return tuple(seeded_commands(seed=seed, count=COMMAND_COUNT))
 
 
 @pytest.fixture(scope="module")
 def commands() -> list:
-    return seeded_commands(seed=21, count=COMMAND_COUNT)
+    return list(commands_of(21))
 
 
 def uninterrupted_hash(commands: list) -> tuple[str, int]:
@@ -49,35 +66,45 @@ def assert_exactly_once(events_log, command_count: int, expected_hash: str, expe
     assert core.state.conservation_problems() == []
 
 
-def test_stage_killed_at_random_points_loses_and_doubles_nothing(tmp_path: Path, commands) -> None:
-    expected_hash, expected_seq = uninterrupted_hash(commands)
-    commands_dir, events_dir = tmp_path / "ops", tmp_path / "events"
-    with FileLog(commands_dir, fsync=FsyncPolicy.NEVER) as log:
-        log.append([COMMANDS.encode(c) for c in commands])
-    rng = random.Random(1234)
-    argv = [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", "--commands", str(commands_dir),
-            "--events", str(events_dir), "--batch", "20"]
-    kills = 0
-    # Kill once the output passes a random seq (a timed kill races the stage's speed and
-    # may find it finished), after a random pause so kills land inside batches too.
-    for target in sorted(rng.randrange(500, expected_seq - 500) for _ in range(6)):
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline and _events_written(events_dir) < target:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.02))
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=30)
-    final = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert final.returncode == 0, final.stderr
-    assert kills >= 3, "the stage finished before it could be killed; the test proved nothing"
-    with FileLog(events_dir, readonly=True) as events:
-        assert_exactly_once(events, len(commands), expected_hash, expected_seq)
+@dataclass(frozen=True)
+class Drill:
+    """How hard one backend is hit. Kill targets are output offsets drawn from
+    [target_first, final seq - target_margin); each kill follows a random pause of up to
+    pause_s_max after its target, so kills land inside batches too."""
+
+    commands_seed: int
+    kills_seed: int
+    kills: int
+    target_first: int
+    target_margin: int
+    batch_commands: int
+    poll_s: float
+    pause_s_max: float
 
 
-def _events_written(events_dir: Path) -> int:
+# Kafka's stage is slower to start and its batches larger, so its targets begin later.
+FILE_DRILL = Drill(21, 1234, 6, target_first=500, target_margin=500, batch_commands=20, poll_s=0.005,
+                   pause_s_max=0.02)
+KAFKA_DRILL = Drill(22, 99, 5, target_first=2_000, target_margin=0, batch_commands=100, poll_s=0.01,
+                    pause_s_max=0.05)
+
+
+@dataclass(frozen=True)
+class StageLogs:
+    """The stage's logs on one backend, and how to run and watch it there."""
+
+    drill: Drill
+    commands: Any  # the stage's input: append, then close before the stage starts
+    open_events: Callable[[], Any]  # a reader of the stage's output (closed by the fixture)
+    argv: list[str]  # `ledger run ubscore` on these logs
+    events_written: Callable[[], int]  # progress probe: the output's end offset
+
+
+def _stage_argv(drill: Drill, *logs: str) -> list[str]:
+    return [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", *logs, "--batch", str(drill.batch_commands)]
+
+
+def _file_events_written(events_dir: Path) -> int:
     if not events_dir.is_dir():
         return 0
     try:
@@ -85,6 +112,70 @@ def _events_written(events_dir: Path) -> int:
             return events.end_offset()
     except LogError:  # a segment being created right now: look again later
         return 0
+
+
+@pytest.fixture(params=["file", pytest.param("kafka", marks=pytest.mark.kafka)])
+def stage_logs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StageLogs]:
+    opened: list[Any] = []
+
+    def keep(log: Any) -> Any:
+        opened.append(log)
+        return log
+
+    if request.param == "file":
+        commands_dir, events_dir = tmp_path / "ops", tmp_path / "events"
+        yield StageLogs(
+            FILE_DRILL,
+            keep(FileLog(commands_dir, fsync=FsyncPolicy.NEVER)),
+            lambda: keep(FileLog(events_dir, readonly=True)),
+            _stage_argv(FILE_DRILL, "--commands", str(commands_dir), "--events", str(events_dir)),
+            lambda: _file_events_written(events_dir),
+        )
+    else:
+        from ledger.logs.kafka import KafkaLog, ensure_topic
+
+        source = keep(request.getfixturevalue("kafka_log_factory")())  # skips (and so fails CI) if down
+        events_topic = source.topic + "-events"
+        ensure_topic(source.bootstrap, events_topic)
+        watcher = keep(KafkaLog(source.bootstrap, events_topic))
+        yield StageLogs(
+            KAFKA_DRILL,
+            source,
+            lambda: keep(KafkaLog(source.bootstrap, events_topic)),
+            _stage_argv(KAFKA_DRILL, "--kafka", source.bootstrap, "--commands-topic", source.topic,
+                        "--events-topic", events_topic),
+            watcher.end_offset,
+        )
+    for log in opened:
+        log.close()
+
+
+def test_ubscore_stage_killed_at_random_points_loses_and_doubles_nothing(stage_logs: StageLogs) -> None:
+    drill = stage_logs.drill
+    commands = list(commands_of(drill.commands_seed))
+    expected_hash, expected_seq = uninterrupted_hash(commands)
+    for start in range(0, len(commands), APPEND_COMMANDS_MAX):
+        stage_logs.commands.append([COMMANDS.encode(c) for c in commands[start : start + APPEND_COMMANDS_MAX]])
+    stage_logs.commands.close()
+    rng = random.Random(drill.kills_seed)
+    kills = 0
+    # Kill once the output passes a random offset (a timed kill races the stage's speed and
+    # may find it finished), after a random pause so kills land inside batches too.
+    targets = [rng.randrange(drill.target_first, expected_seq - drill.target_margin) for _ in range(drill.kills)]
+    for target in sorted(targets):
+        process = subprocess.Popen(stage_logs.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + KILL_WAIT_S_MAX
+        while process.poll() is None and time.monotonic() < deadline and stage_logs.events_written() < target:
+            time.sleep(drill.poll_s)
+        time.sleep(rng.uniform(0.0, drill.pause_s_max))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=EXIT_WAIT_S_MAX)
+    final = subprocess.run(stage_logs.argv, capture_output=True, text=True, timeout=FINISH_S_MAX)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, "the stage finished before it could be killed; the test proved nothing"
+    assert_exactly_once(stage_logs.open_events(), len(commands), expected_hash, expected_seq)
 
 
 def test_a_second_writer_is_detected_not_forked(tmp_path: Path, commands) -> None:

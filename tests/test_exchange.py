@@ -8,41 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import (
-    Asset,
     CancelOrder,
     Deposit,
     FundsUnlocked,
-    ListAsset,
-    ListSymbol,
-    MemoryLog,
     OrderAccepted,
     PlaceOrder,
     Side,
-    Symbol,
     TradeSettled,
 )
-from ledger.app.demo import Workload
-from ledger.app.exchange import Exchange, verify
+from ledger.app.exchange import verify
 from ledger.protocol.outputs import OrderCancelled
 from ledger.protocol.reasons import Reason
-from test_conservation import assert_conserved
-
-BTC = 10**8  # satoshi per BTC
-USDT = 10**6  # minor units per USDT
-# lot 0.01 BTC; price in whole USDT per BTC, so one price step of one lot is 0.01 USDT.
-BTC_USDT = Symbol("BTC-USDT", "BTC", "USDT", lot=10**6, tick=10**4, maker_fee_ppm=1_000, taker_fee_ppm=2_000)
-
-
-def new_exchange() -> tuple[Exchange, dict[str, MemoryLog]]:
-    outputs: dict[str, MemoryLog] = {}
-
-    def output_log(symbol: str) -> MemoryLog:
-        outputs[symbol] = MemoryLog(f"engine.outputs/{symbol}")
-        return outputs[symbol]
-
-    exchange = Exchange(MemoryLog("balance.operations"), MemoryLog("balance.events"), output_log)
-    exchange.submit([ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)), ListSymbol(3, BTC_USDT)])
-    return exchange, outputs
+from support import BTC, USDT, assert_conserved, new_exchange, run_workload
 
 
 def test_reference_scenario_one_trade_with_exact_fees() -> None:
@@ -93,26 +70,6 @@ def test_reference_scenario_self_trade_cancels_the_taker_and_releases_every_lock
     assert verify(exchange.events, outputs, exchange.state_hashes()).ok
 
 
-def run_workload(seed: int, orders: int, users: int = 12, symbols: int = 2) -> tuple[Exchange, dict]:
-    exchange, outputs = new_exchange_for_workload()
-    workload = Workload(seed, users, symbols)
-    workload.observe(exchange.submit(workload.setup()))
-    for start in range(0, orders, 250):
-        batch = [workload.next(ts_ms=start + i) for i in range(min(250, orders - start))]
-        workload.observe(exchange.submit(batch))
-    return exchange, outputs
-
-
-def new_exchange_for_workload() -> tuple[Exchange, dict[str, MemoryLog]]:
-    outputs: dict[str, MemoryLog] = {}
-
-    def output_log(symbol: str) -> MemoryLog:
-        outputs[symbol] = MemoryLog(f"engine.outputs/{symbol}")
-        return outputs[symbol]
-
-    return Exchange(MemoryLog("ops"), MemoryLog("events"), output_log), outputs
-
-
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32), st.integers(50, 600))
 def test_random_workloads_conserve_and_replay(seed: int, orders: int) -> None:
@@ -133,7 +90,7 @@ def test_seeded_workload_is_deterministic_and_snapshots_are_equivalent() -> None
     trades = sum(1 for r in first.events.read(0, 10**9).values if type(EVENTS.decode(r)) is TradeSettled)
     assert trades > 100
     # UBSCore: snapshot at k + the rest == full replay.
-    from ledger import replay
+    from ledger.replay import replay
 
     half = replay(first.events, until=first.core.state.seq // 2)
     assert replay(first.events, snapshot=half.snapshot()).state_hash() == first.core.state_hash()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import subprocess
-import sys
 from collections import deque
 from typing import Any
 
@@ -261,10 +259,9 @@ def test_replay_refuses_outputs_that_do_not_fit() -> None:
 
 
 def test_a_budget_that_runs_out_ends_a_market_buy_before_an_own_order_is_reached() -> None:
-    # The old reference cancelled the taker for self-trade here. But the taker cannot pay
-    # for the own order's lot, so it could never trade with it: the budget is what ended
-    # it, and cancelling (or, under CANCEL_MAKER, removing) the own order would be a side
-    # effect of a trade that was never possible.
+    # Not a self-trade: the taker cannot pay for the own order's lot, so it could never
+    # trade with it. The budget is what ended it, and cancelling (or, under CANCEL_MAKER,
+    # removing) the own order would be a side effect of a trade that was never possible.
     for stp in (CANCEL_TAKER, CANCEL_MAKER, CANCEL_BOTH):
         engine = new_engine()
         engine.handle(accepted(2, 1, SELL, 2, 100))
@@ -343,8 +340,3 @@ def test_module_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
 
-
-def test_matching_can_be_imported_before_ledger() -> None:
-    # ledger and matching import each other's modules; either may come first in a program.
-    for first in ("matching", "matching.engine", "matching.book", "ledger.protocol.outputs"):
-        subprocess.run([sys.executable, "-c", f"import {first}"], check=True, capture_output=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError, replay
+from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError
 from ledger.protocol.commands import Side
 from ledger.protocol.events import Deposited, OrderAccepted, TradeSettled, Withdrawn
 from ledger.protocol.outputs import Trade
+from ledger.replay import replay
 from ledger.ubscore import UBSCore, evolve
 from support import run_exchange, seeded_commands
 

@@ -19,7 +19,7 @@ from settlement import Projector, Queries, Source, dump, verify_store
 from settlement.model import BUCKET_SEQS, STATUS_FILLED, STATUS_OPEN
 from settlement.projector import BALANCE, ENGINE, REFETCH, REFETCH_TRIES_MAX
 from settlement.sqlite import SQLiteStore
-from test_exchange import BTC, USDT, new_exchange, run_workload
+from support import BTC, CASSANDRA_PORT, USDT, new_exchange, run_workload
 
 StoreFactory = Callable[[], Any]
 
@@ -35,7 +35,6 @@ def new_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StoreFactory
             store: Any = SQLiteStore(tmp_path / f"projection-{len(made)}.db")
         else:
             request.getfixturevalue("cassandra_session")  # skips (and so fails CI) if down
-            from conftest import CASSANDRA_PORT
             from settlement.cql import CqlStore
 
             store = CqlStore(("127.0.0.1",), CASSANDRA_PORT, f"test_{uuid.uuid4().hex[:12]}")
@@ -664,7 +663,7 @@ def test_following_file_logs_written_by_another_process(tmp_path) -> None:
             log.close()
 
 
-# -- review findings: each a case that once went wrong ------------------------------------
+# -- edge cases: an order's end, faults inside a batch, repaired logs ---------------------
 
 
 def test_a_market_buy_filled_with_budget_left_ends_filled_with_its_quantity(new_store: StoreFactory) -> None:

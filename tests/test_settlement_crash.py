@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ledger.app.demo import run_demo
 from ledger.logs.file import FsyncPolicy
 from settlement import Projector, dump, file_sources
 from settlement.sqlite import SQLiteStore
+from support import CASSANDRA_PORT
 
 pytestmark = pytest.mark.slow
 
@@ -129,31 +132,43 @@ def finish_and_check(root: Path, store_url: str, open_store: Any, reference: dic
     assert "verify:       ok" in verify.stdout
 
 
-def test_sqlite_projector_killed_at_random_points_equals_an_uninterrupted_run(workload, tmp_path: Path) -> None:
-    root, reference = workload
-    path = tmp_path / "projection.db"
-    url = f"sqlite:{path}"
-    seen = kill_repeatedly(root, url, lambda: SQLiteStore(path), random.Random(5))
-    finish_and_check(root, url, lambda: SQLiteStore(path), reference, seen)
+@dataclass(frozen=True)
+class ProjectionStore:
+    """An empty projection store of one backend: its URL for the command line, how to open
+    it from the test, and the seed of the kills aimed at it."""
+
+    url: str
+    open: Callable[[], Any]
+    kills_seed: int
 
 
-@pytest.mark.cassandra
-def test_cql_projector_killed_at_random_points_equals_an_uninterrupted_run(workload, cassandra_session) -> None:
-    from conftest import CASSANDRA_PORT
+@pytest.fixture(params=["sqlite", pytest.param("cql", marks=pytest.mark.cassandra)])
+def projection_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectionStore]:
+    if request.param == "sqlite":
+        path = tmp_path / "projection.db"
+        yield ProjectionStore(f"sqlite:{path}", lambda: SQLiteStore(path), kills_seed=5)
+        return
+    request.getfixturevalue("cassandra_session")  # skips (and so fails CI) if down
     from settlement.cql import CqlStore
 
-    root, reference = workload
     keyspace = f"crash_{uuid.uuid4().hex[:12]}"
-    url = f"cql://127.0.0.1:{CASSANDRA_PORT}/{keyspace}"
 
     def open_store() -> CqlStore:
         return CqlStore(("127.0.0.1",), CASSANDRA_PORT, keyspace)
 
     open_store().close()  # create the schema once, so the first kill lands in the writes
     try:
-        seen = kill_repeatedly(root, url, open_store, random.Random(6))
-        finish_and_check(root, url, open_store, reference, seen)
+        yield ProjectionStore(f"cql://127.0.0.1:{CASSANDRA_PORT}/{keyspace}", open_store, kills_seed=6)
     finally:
         store = open_store()
         store.drop()
         store.close()
+
+
+def test_projector_killed_at_random_points_equals_an_uninterrupted_run(
+    workload, projection_store: ProjectionStore
+) -> None:
+    root, reference = workload
+    store = projection_store
+    seen = kill_repeatedly(root, store.url, store.open, random.Random(store.kills_seed))
+    finish_and_check(root, store.url, store.open, reference, seen)
