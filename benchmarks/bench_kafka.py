@@ -7,7 +7,7 @@ without transactions.
    balance.events (a realistic mix: deposits, locks, trade settlements, unlocks).
 2. Replay: appends balance.events to a fresh topic, then times, each from offset 0 to
    the end with ``assign()`` and read_committed: reading alone, reading + decoding, and
-   ``ledger.replay`` (read + decode + evolve into a UBSCore). Target: 300,000 events/s.
+   ``ledger.rebuild`` (read + decode + evolve into a UBSCore). Target: 300,000 events/s.
 3. Stage: appends balance.operations to a fresh topic, then runs the UBSCore stage
    (``ledger.app.stage.UBSCoreStage``) over it into a fresh events topic, once with a
    transactional producer (one transaction per batch of ``--batch`` commands: what a
@@ -34,7 +34,7 @@ from ledger.logs.base import Log, scan
 from ledger.logs.file import FileLog, FsyncPolicy
 from ledger.logs.kafka import KafkaLog, ensure_topic
 from ledger.protocol.codec import EVENTS
-from ledger.replay import replay
+from ledger.rebuild import replay
 
 APPEND_CHUNK_RECORDS = 10_000
 
@@ -81,7 +81,7 @@ def bench_replay(bootstrap: str, events: list[bytes]) -> list[dict[str, Any]]:
     for label, work in (
         ("read", read_only),
         ("read + decode", read_decode),
-        ("read + decode + evolve (ledger.replay)", replay),
+        ("read + decode + evolve (ledger.rebuild)", replay),
     ):
         reader = KafkaLog(bootstrap, topic.topic)
         results.append(timed(label, len(events), lambda reader=reader, work=work: work(reader)))

@@ -21,7 +21,7 @@ import pytest
 from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError
 from ledger.app.stage import UBSCoreStage
 from ledger.logs.base import LogError, scan
-from ledger.replay import replay
+from ledger.rebuild import replay
 from support import seeded_commands
 
 COMMAND_COUNT = 20_000

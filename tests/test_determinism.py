@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import EVENTS, FileLog, FsyncPolicy, MemoryLog, SnapshotError, UBSCore
-from ledger.replay import replay
+from ledger.rebuild import replay
 from ledger.strategies import command_streams
 from support import run_exchange, seeded_commands
 

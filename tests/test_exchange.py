@@ -90,7 +90,7 @@ def test_seeded_workload_is_deterministic_and_snapshots_are_equivalent() -> None
     trades = sum(1 for r in first.events.read(0, 10**9).values if type(EVENTS.decode(r)) is TradeSettled)
     assert trades > 100
     # UBSCore: snapshot at k + the rest == full replay.
-    from ledger.replay import replay
+    from ledger.rebuild import replay
 
     half = replay(first.events, until=first.core.state.seq // 2)
     assert replay(first.events, snapshot=half.snapshot()).state_hash() == first.core.state_hash()

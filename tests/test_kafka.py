@@ -14,7 +14,7 @@ import pytest
 
 from ledger import EVENTS, DecodeError, FileLog, FsyncPolicy, LogError
 from ledger.logs.base import scan
-from ledger.replay import replay
+from ledger.rebuild import replay
 from support import run_exchange, seeded_commands
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ from ledger import EVENTS, DecodeError, InvariantError, MemoryLog, SequenceError
 from ledger.protocol.commands import Side
 from ledger.protocol.events import Deposited, OrderAccepted, TradeSettled, Withdrawn
 from ledger.protocol.outputs import Trade
-from ledger.replay import replay
+from ledger.rebuild import replay
 from ledger.ubscore import UBSCore, evolve
 from support import run_exchange, seeded_commands
 

@@ -66,9 +66,9 @@ _EXPORTS: dict[str, str] = {
     "Withdrawn": "ledger.protocol",
     "AMOUNT_MAX": "ledger.protocol.limits",
     "FEE_ACCOUNT_USER": "ledger.protocol.limits",
-    "ReplaySummary": "ledger.replay",
-    "replay": "ledger.replay",
-    "replay_summary": "ledger.replay",
+    "ReplaySummary": "ledger.rebuild",
+    "replay": "ledger.rebuild",
+    "replay_summary": "ledger.rebuild",
     "InvariantError": "ledger.ubscore",
     "LedgerError": "ledger.ubscore",
     "SequenceError": "ledger.ubscore",
@@ -139,7 +139,7 @@ if TYPE_CHECKING:
         AMOUNT_MAX,
         FEE_ACCOUNT_USER,
     )
-    from ledger.replay import (
+    from ledger.rebuild import (
         ReplaySummary,
         replay,
         replay_summary,

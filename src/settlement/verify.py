@@ -14,7 +14,7 @@ from ledger.logs import layout
 from ledger.logs.base import Log, scan
 from ledger.protocol.codec import EVENTS
 from ledger.protocol.events import TradeSettled
-from ledger.replay import replay
+from ledger.rebuild import replay
 from settlement.store import Store
 
 # Differences listed in full before the rest are only counted (a broken projection can

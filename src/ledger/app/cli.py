@@ -61,7 +61,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from ledger.logs.base import Log, LogError
     from ledger.logs.file import FileLog
-    from ledger.replay import replay_summary
+    from ledger.rebuild import replay_summary
     from ledger.ubscore import LedgerError
 
     if (args.log is None) == (args.kafka is None):

@@ -25,7 +25,7 @@ from ledger.protocol.codec import EVENTS, OUTPUTS, check_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.outputs import EngineOutput
-from ledger.replay import replay
+from ledger.rebuild import replay
 from ledger.ubscore import UBSCore
 from matching.engine import MatchingEngine
 

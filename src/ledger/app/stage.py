@@ -24,7 +24,7 @@ import time
 from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log
 from ledger.protocol.codec import EVENTS
-from ledger.replay import replay
+from ledger.rebuild import replay
 from ledger.ubscore import SequenceError
 
 # Commands per output batch: one append (one fsync or one transaction) each. Bigger
