@@ -94,30 +94,24 @@ def _is_amount(value: object) -> bool:
     return type(value) is int and 0 < value <= AMOUNT_MAX
 
 
-def _decide_deposit(state: State, c: Deposit, offset: int) -> list[BalanceEvent]:
+def _decide_funds(state: State, c: Deposit | Withdraw, offset: int) -> list[BalanceEvent]:
+    """A deposit or a withdrawal of available funds: the same checks, then each its own
+    limit (a balance never over ``AMOUNT_MAX``, never below zero)."""
     index = state.asset_index.get(c.asset)
     if index is None:
         return _reject(state, offset, Reason.UNKNOWN_ASSET, c)
     if not _is_amount(c.amount):
         return _reject(state, offset, Reason.INVALID_AMOUNT, c)
     available, locked = state.balance_at(c.user, index)
-    available += c.amount
-    if available > AMOUNT_MAX:
-        return _reject(state, offset, Reason.BALANCE_OVERFLOW, c)
-    return [Deposited(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available, locked, c.ts_ms)]
-
-
-def _decide_withdraw(state: State, c: Withdraw, offset: int) -> list[BalanceEvent]:
-    index = state.asset_index.get(c.asset)
-    if index is None:
-        return _reject(state, offset, Reason.UNKNOWN_ASSET, c)
-    if not _is_amount(c.amount):
-        return _reject(state, offset, Reason.INVALID_AMOUNT, c)
-    available, locked = state.balance_at(c.user, index)
+    if isinstance(c, Deposit):
+        if available + c.amount > AMOUNT_MAX:
+            return _reject(state, offset, Reason.BALANCE_OVERFLOW, c)
+        after = available + c.amount
+        return [Deposited(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, after, locked, c.ts_ms)]
     if available < c.amount:
         return _reject(state, offset, Reason.INSUFFICIENT_FUNDS, c)
-    available -= c.amount
-    return [Withdrawn(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, available, locked, c.ts_ms)]
+    after = available - c.amount
+    return [Withdrawn(state.seq + 1, offset, c.user, c.request_id, c.asset, c.amount, after, locked, c.ts_ms)]
 
 
 def _order_problem(c: PlaceOrder) -> Reason | None:
@@ -260,10 +254,8 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
             return _decide_place(state, command, input_offset)
         case CancelOrder():
             return _decide_cancel(state, command, input_offset)
-        case Deposit():
-            return _decide_deposit(state, command, input_offset)
-        case Withdraw():
-            return _decide_withdraw(state, command, input_offset)
+        case Deposit() | Withdraw():
+            return _decide_funds(state, command, input_offset)
         case ListAsset():
             return _decide_list_asset(state, command, input_offset)
         case ListSymbol():
