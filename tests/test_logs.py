@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import pytest
 
 from ledger import CorruptRecordError, FileLog, FsyncPolicy, LogError, MemoryLog
 from ledger.logs.base import scan
-from ledger.logs.file import FRAME_BYTES, HEADER_BYTES
+from ledger.logs.file import FRAME_BYTES, HEADER_BYTES, encode_batch
 
 
 @pytest.fixture(params=["memory", "file", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -82,14 +81,8 @@ def test_crash_mid_append_loses_only_the_partial_batch(tmp_path: Path) -> None:
     good_size = segment.stat().st_size
     # A crash while appending a batch of two: the first frame whole, the second cut.
     payload_a, payload_b = b"four", b"five-and-more"
-    import zlib
-
-    def frame(payload: bytes, left: int) -> bytes:
-        head = struct.pack("<II", len(payload), left)
-        return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
-
     with open(segment, "ab") as f:
-        f.write(frame(payload_a, 1) + frame(payload_b, 0)[:-5])
+        f.write(encode_batch([payload_a, payload_b], good_size)[:-5])
     with FileLog(path) as log:
         assert log.end_offset() == 3
         assert "torn append" in log.recovered
