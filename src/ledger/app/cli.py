@@ -251,6 +251,8 @@ def _check_sqlite_file(file: Path) -> None:
 def _check_store_to_read(url: str) -> None:
     """A store a command only reads must exist and be a projection: opening one creates
     its tables, and a mistyped path would otherwise become an empty projection."""
+    if url == "sqlite::memory:":
+        raise CliError("store sqlite::memory: is empty by definition; give the projection's sqlite:PATH")
     file = _sqlite_path(url)
     if file is None:
         return
@@ -355,7 +357,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.save_snapshot:
         _write_output_file(args.save_snapshot, "--save-snapshot", core.snapshot())
     _print_summary(summary, args.json)
-    return EXIT_CHECK_FAILED if summary.conservation_problems else EXIT_OK
+    if summary.conservation_problems:
+        problems = summary.conservation_problems
+        raise CliError(f"conservation failed for {len(problems)} assets: {problems[0]}", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -409,7 +414,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print("CHECKS FAILED:")
             for problem in summary.problems:
                 print(f"  {problem}")
-    return EXIT_OK if summary.checks_ok else EXIT_CHECK_FAILED
+    if not summary.checks_ok:
+        raise CliError(f"checks failed ({len(summary.problems)}): {'; '.join(summary.problems)}", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -509,7 +516,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
         more = f" (and {len(halted) - 1} more halted streams)" if len(halted) > 1 else ""
         assert r.fault is not None
         raise CliError(f"stream {r.stream} halted at seq {r.applied_seq}: {r.fault.detail}{more}", EXIT_CHECK_FAILED)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    if not report.ok:
+        raise CliError(f"the projection into {store.name} is not complete", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _cmd_gaps(args: argparse.Namespace) -> int:
@@ -528,7 +537,15 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
             span = f"missing {f.expected}..{f.received - 1}" if f.kind == "gap" else f"at seq {f.expected}"
             state = "resolved" if f.resolved else "OPEN"
             print(f"{f.stream:<28} {f.kind:<9} {span:<28} {state:<8} {f.detail}")
-    return EXIT_CHECK_FAILED if any(not f.resolved for f in faults) else EXIT_OK
+    still_open = [f for f in faults if not f.resolved]
+    if still_open:
+        first = still_open[0]
+        raise CliError(
+            f"{len(still_open)} open sequence faults in {store.name}, the first on {first.stream} "
+            f"at seq {first.expected}",
+            EXIT_CHECK_FAILED,
+        )
+    return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -556,7 +573,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             if report.differences_total > len(report.differences):
                 print(f"  ... and {report.differences_total - len(report.differences):,} more")
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    if not report.ok:
+        raise CliError(
+            f"{report.differences_total:,} differences between {store.name} and a fresh replay of the log",
+            EXIT_CHECK_FAILED,
+        )
+    return EXIT_OK
 
 
 def _events_dir_to_write(path: str, commands: Path) -> Path:
@@ -573,6 +595,12 @@ def _events_dir_to_write(path: str, commands: Path) -> Path:
             raise CliError(f"--events {events}: not empty and holds no file log; give a log directory")
         if events.resolve() == commands.resolve():
             raise CliError("--events and --commands are the same directory")
+        if names:
+            from ledger.logs.file import FileLog
+
+            # Read it first: opening a log for writing makes its LOCK file before it
+            # looks at the segments, and a bad log must be left as it was.
+            FileLog(events, readonly=True).close()
     elif not events.parent.is_dir():
         raise CliError(f"--events {events}: no such directory {events.parent}")
     return events
