@@ -27,7 +27,7 @@ import pytest
 from ledger.app.cli import EXIT_CHECK_FAILED, EXIT_USAGE, main
 from ledger.app.demo import ORDERS_MAX, USERS_MAX, run_demo
 from ledger.logs import layout
-from ledger.logs.file import FileLog, FsyncPolicy
+from ledger.logs.file import FORMAT_VERSION, FileLog, FsyncPolicy
 from ledger.replay import replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,3 +456,42 @@ def test_a_bad_command_line_fails_in_one_line_and_changes_nothing(
     assert "S3cret" not in stderr
     assert _listing(scratch) == before
     assert code in (EXIT_USAGE, EXIT_CHECK_FAILED)
+
+
+def _on_garbage_first_frame(scratch: Path, tmp_path: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """``ledger COMMAND`` on a copy of the demo whose BTC-USDT engine log starts with garbage
+    where its first frame's header is."""
+    root = tmp_path / "deployment"
+    shutil.copytree(scratch / "demo", root)
+    segment = layout.output_dir(root, "BTC-USDT") / SEGMENT
+    data = bytearray(segment.read_bytes())
+    data[16:32] = b"garbage garbage!"  # just past the segment's own header
+    segment.write_bytes(bytes(data))
+    store = f"sqlite:{scratch / 'proj.db'}" if command == "verify" else f"sqlite:{tmp_path / 'p.db'}"
+    argv = [sys.executable, "-m", "ledger.app.cli", command, "--log", str(root), "--store", store]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env())
+
+
+@pytest.mark.parametrize("command", ["project", "verify"])
+def test_garbage_in_the_first_frame_of_an_engine_log_is_never_quiet(
+    scratch: Path, tmp_path: Path, command: str
+) -> None:
+    done = _on_garbage_first_frame(scratch, tmp_path, command)
+    assert "Traceback" not in done.stderr
+    assert "engine.outputs/BTC-USDT" in done.stderr, done.stderr
+
+
+@pytest.mark.xfail(
+    FORMAT_VERSION < 2,
+    strict=True,
+    reason="a format-1 file log cannot tell a damaged first frame length from a torn write, so it reads "
+    "as an empty log with a notice; format 2 (branch filelog-v2) reports it as damage",
+)
+@pytest.mark.parametrize("command", ["project", "verify"])
+def test_garbage_in_the_first_frame_of_an_engine_log_fails_in_one_line(
+    scratch: Path, tmp_path: Path, command: str
+) -> None:
+    done = _on_garbage_first_frame(scratch, tmp_path, command)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "engine.outputs/BTC-USDT" in done.stderr
+    assert not (tmp_path / "p.db").exists()

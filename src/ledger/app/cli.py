@@ -541,7 +541,7 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
     if still_open:
         first = still_open[0]
         raise CliError(
-            f"{len(still_open)} open sequence faults in {store.name}, the first on {first.stream} "
+            f"open sequence faults in {store.name}: {len(still_open)}, the first on {first.stream} "
             f"at seq {first.expected}",
             EXIT_CHECK_FAILED,
         )
@@ -752,6 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _InputNotices(logging.Filter):
+    """What the libraries log about the input (``ledger.logs``: a torn tail ignored, ...)
+    is always shown; the rest (the projector's faults and halts, which the command reports
+    itself) only while following, as progress."""
+
+    def __init__(self, everything: bool) -> None:
+        super().__init__()
+        self.everything = everything
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.everything or record.name.startswith("ledger.logs")
+
+
 class _OneLineFormatter(logging.Formatter):
     """Library warnings (a torn tail ignored, ...) as ``ledger COMMAND: warning: ...``."""
 
@@ -764,7 +777,7 @@ class _OneLineFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(command: str) -> Iterator[None]:
+def _logging_to_stderr(command: str, everything: bool) -> Iterator[None]:
     root = logging.getLogger()
     if root.handlers:  # the embedding program has its own
         yield
@@ -772,6 +785,7 @@ def _logging_to_stderr(command: str) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter(command))
     handler.setLevel(logging.WARNING)
+    handler.addFilter(_InputNotices(everything))
     root.addHandler(handler)
     try:
         yield
@@ -801,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "run" else f"run {args.service}"
-    with _logging_to_stderr(command):
+    with _logging_to_stderr(command, everything=bool(getattr(args, "follow", False))):
         try:
             with relaxed_gc():
                 return int(args.run(args))
