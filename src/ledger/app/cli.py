@@ -344,10 +344,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if log.end_offset() == 0:
             raise CliError(f"{log.name}: holds no events (it ends at offset 0)")
         summary, core = replay_summary(log, snapshot=snap, until=args.until, progress=args.progress)
-        if snap is not None and summary.events == 0 and _last_seq(log) < summary.final_seq:
+        last_seq = _last_seq(log) if snap is not None and summary.events == 0 else summary.final_seq
+        if last_seq < summary.final_seq:
             raise CliError(
                 f"--snapshot {args.snapshot} is at seq {summary.final_seq:,}, beyond the end of {log.name} "
-                f"(its last seq is {_last_seq(log):,})"
+                f"(its last seq is {last_seq:,})"
             )
     finally:
         log.close()
