@@ -11,30 +11,279 @@
     ledger run ubscore (--commands DIR --events DIR | --kafka HOST:PORT) [--batch N] [--follow]
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
+A store URL or Kafka address holding credentials (``user:password@``) is refused, and the
+message does not repeat them.
 
-Exit status: 0 when the command completed and every check passed; 1 when a check failed
-(conservation, a stream halted on a sequence fault, open gaps, a difference found by
-verify; the reason is printed); 2 for bad usage, an unreadable log or store.
+Exit status:
+
+* 0: the command completed and every check passed.
+* 1: a check failed (conservation, a log that fails its own replay, a stream halted on a
+  sequence fault, open gaps, a difference found by verify); the reason is printed.
+* 2: bad usage (an unknown option, a number below its minimum, a missing argument) or
+  unreadable or wrong input (a missing, empty or damaged log, a directory that holds no
+  log, ``--until`` outside the log, a snapshot beyond the log's end, a store that is not
+  a projection, a log another process is writing), and any unexpected error.
+* 130: interrupted (Ctrl-C).
+
+Every failure is one line on stderr, ``ledger COMMAND: what and where``, never a
+traceback. Commands that only read (replay, gaps, verify) never create a log, a file or a
+database; ``demo`` checks its sizes against ``USERS_MAX`` and ``ORDERS_MAX`` before it
+creates anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import math
+import os
+import re
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
 from ledger.app.stage import BATCH_COMMANDS_DEFAULT
 from ledger.gctune import relaxed_gc
 from ledger.logs import layout
+from ledger.protocol.limits import READ_RECORDS_MAX
+
+if TYPE_CHECKING:
+    from ledger.logs.base import Log
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# One output batch of the stage is one read of the command log.
+BATCH_COMMANDS_MAX = READ_RECORDS_MAX
+# A file-log segment's name ends so (``ledger.logs.file``'s layout).
+SEGMENT_SUFFIX = ".seg"
+# The first bytes of every SQLite database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# ``user:password@`` (or ``user@``) inside a URL or address.
+_CREDENTIALS = re.compile(r"(^|[\s'\"=/,(])[^\s'\"/@,()]+@")
+
+
+class CliError(Exception):
+    """A failure the command reports in one line and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line, with any credentials in it masked."""
+    return _CREDENTIALS.sub(r"\1***@", " ".join(message.split()))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``ledger replay: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+# -- argument types: each refuses a bad value in one line, before anything runs ---------
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"{minimum:,}..{maximum:,}" if maximum is not None else f"at least {minimum:,}"
+            raise argparse.ArgumentTypeError(f"{value:,} is out of range (must be {bounds})")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number, 0 or more")
+    return value
+
+
+def _refuse_credentials(text: str, what: str) -> None:
+    if "@" in text:
+        # The value is not repeated: it may hold a password.
+        raise argparse.ArgumentTypeError(
+            f"{what} holds credentials (a user or password before @); they are refused on a command line, "
+            "where they end up in shell history and process listings"
+        )
+
+
+def _bootstrap(text: str) -> str:
+    _refuse_credentials(text, "the Kafka address")
+    if not text or any(not part.strip() for part in text.split(",")):
+        raise argparse.ArgumentTypeError("give HOST:PORT[,HOST:PORT...]")
+    return text
+
+
+def _store_url(text: str) -> str:
+    if not text.startswith("sqlite:"):
+        _refuse_credentials(text, "the store URL")
+    return text
+
+
+def _source(text: str) -> str:
+    if text.startswith("kafka://"):
+        _bootstrap(text[len("kafka://") :])
+    elif "://" in text:
+        _refuse_credentials(text, "the source")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+# -- inputs: what a command reads must be there, and be what it says --------------------
+
+
+def _log_dir(path: str, option: str) -> Path:
+    """``path`` as a file log to read: an existing directory holding at least one segment."""
+    directory = Path(path)
+    if not directory.exists():
+        raise CliError(f"{option} {directory}: no such directory")
+    if not directory.is_dir():
+        raise CliError(f"{option} {directory}: not a directory")
+    try:
+        names = os.listdir(directory)
+    except OSError as error:
+        raise CliError(f"{option} {directory}: cannot list it: {error.strerror}") from None
+    if not any(name.endswith(SEGMENT_SUFFIX) for name in names):
+        hint = ""
+        if layout.EVENTS in names:
+            hint = f"; it looks like a deployment root: its events are {layout.events_dir(directory)}"
+        raise CliError(f"{option} {directory}: holds no file log (no *{SEGMENT_SUFFIX} segment){hint}")
+    return directory
+
+
+def _deployment_root(path: str, option: str) -> None:
+    """``path`` as a file-log deployment (``ledger.logs.layout``) to read."""
+    root = Path(path)
+    if not root.exists():
+        raise CliError(f"{option} {root}: no such directory")
+    if not root.is_dir():
+        raise CliError(f"{option} {root}: not a directory")
+    events = layout.events_dir(root)
+    if not events.is_dir():
+        hint = ""
+        with contextlib.suppress(OSError):
+            if any(name.endswith(SEGMENT_SUFFIX) for name in os.listdir(root)):
+                hint = f"; it is a log itself: give the deployment root that holds {layout.EVENTS}/"
+        raise CliError(f"{option} {root}: no {layout.EVENTS} log here{hint}")
+    _log_dir(str(events), option)
+
+
+def _input_file(path: str, option: str) -> bytes:
+    file = Path(path)
+    if file.is_dir():
+        raise CliError(f"{option} {file}: is a directory, not a file")
+    try:
+        return file.read_bytes()
+    except OSError as error:
+        raise CliError(f"{option} {file}: cannot read it: {error.strerror}") from None
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done."""
+    file = Path(path)
+    if file.is_dir():
+        raise CliError(f"{option} {file}: is a directory, not a file")
+    parent = file.parent
+    if not parent.is_dir():
+        raise CliError(f"{option} {file}: no such directory {parent}")
+    writable = os.access(file, os.W_OK) if file.exists() else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise CliError(f"{option} {file}: permission denied")
+
+
+def _write_output_file(path: str, option: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as error:
+        raise CliError(f"{option} {path}: cannot write it: {error.strerror}") from None
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:`` store URL (None for another store or ``:memory:``)."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url[len("sqlite:") :]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_sqlite_file(file: Path) -> None:
+    """An existing ``file`` must be an SQLite database (sqlite would fail on first use)."""
+    if file.is_dir():
+        raise CliError(f"store sqlite:{file}: is a directory, not a database file")
+    if not file.exists():
+        if not file.parent.is_dir():
+            raise CliError(f"store sqlite:{file}: no such directory {file.parent}")
+        return
+    try:
+        with open(file, "rb") as f:
+            magic = f.read(len(SQLITE_MAGIC))
+    except OSError as error:
+        raise CliError(f"store sqlite:{file}: cannot read it: {error.strerror}") from None
+    if magic and magic != SQLITE_MAGIC:
+        raise CliError(f"store sqlite:{file}: not an SQLite database")
+
+
+def _check_store_to_read(url: str) -> None:
+    """A store a command only reads must exist and be a projection: opening one creates
+    its tables, and a mistyped path would otherwise become an empty projection."""
+    if url == "sqlite::memory:":
+        raise CliError("store sqlite::memory: is empty by definition; give the projection's sqlite:PATH")
+    file = _sqlite_path(url)
+    if file is None:
+        return
+    _check_sqlite_file(file)
+    if not file.exists() or file.stat().st_size == 0:
+        raise CliError(f"store sqlite:{file}: no such database (run ledger project first)")
+    if Path(f"{file}-wal").exists():
+        return  # in use by a writer; its tables may not have reached the main file yet
+    try:
+        # immutable: no locks, no -wal or -shm files, nothing written.
+        db = sqlite3.connect(f"file:{file}?mode=ro&immutable=1", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise CliError(f"store sqlite:{file}: cannot read it: {error}") from None
+    if "stream_checkpoints" not in tables:
+        raise CliError(f"store sqlite:{file}: not a ledger projection (no stream_checkpoints table)")
+
+
+def _open_store(url: str) -> Any:
+    from settlement import open_store
+
+    file = _sqlite_path(url)
+    if file is not None:
+        _check_sqlite_file(file)
+    try:
+        return open_store(url)
+    except sqlite3.Error as error:
+        raise CliError(f"store {url}: {error}") from None
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
@@ -58,43 +307,70 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         print("conservation: ok (available + locked == deposited - withdrawn, every asset)")
 
 
-def _cmd_replay(args: argparse.Namespace) -> int:
-    from ledger.logs.base import Log, LogError
+def _last_seq(log: Any) -> int:
+    """The seq of the last event in ``log`` (0 if it holds none)."""
+    from ledger.logs.base import scan
+    from ledger.protocol.codec import EVENTS
+
+    end = log.end_offset()
+    last = 0
+    # Kafka leaves holes (transaction markers) between records: look a little way back.
+    for batch in scan(log, max(end - 64, 0), end):
+        if batch.values:
+            last = EVENTS.decode(batch.values[-1], f"{log.name} offset {batch.offsets[-1]}").seq
+    return last
+
+
+def _open_replay_log(args: argparse.Namespace) -> Any:
     from ledger.logs.file import FileLog
+
+    if args.kafka:
+        from ledger.logs.kafka import KafkaLog
+
+        return KafkaLog(args.kafka, args.topic, args.partition)
+    return FileLog(_log_dir(args.log, "--log"), readonly=True)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
     from ledger.rebuild import replay_summary
-    from ledger.ubscore import LedgerError
 
     if (args.log is None) == (args.kafka is None):
-        print("ledger replay: give --log DIR, or --kafka HOST:PORT --topic NAME", file=sys.stderr)
-        return EXIT_USAGE
-    snap = Path(args.snapshot).read_bytes() if args.snapshot else None
+        raise CliError("give --log DIR, or --kafka HOST:PORT --topic NAME")
+    snap = _input_file(args.snapshot, "--snapshot") if args.snapshot else None
+    if args.save_snapshot:
+        _check_output_file(args.save_snapshot, "--save-snapshot")
+    log = _open_replay_log(args)
     try:
-        if args.kafka:
-            from ledger.logs.kafka import KafkaLog
-
-            log: Log = KafkaLog(args.kafka, args.topic, args.partition)
-        else:
-            file_log = FileLog(args.log, readonly=True)
-            if file_log.recovered:
-                print(f"warning: {file_log.recovered}", file=sys.stderr)
-            log = file_log
-        try:
-            summary, core = replay_summary(log, snapshot=snap, until=args.until, progress=args.progress)
-            if args.save_snapshot:
-                Path(args.save_snapshot).write_bytes(core.snapshot())
-        finally:
-            log.close()
-    except (LogError, LedgerError, ValueError) as error:
-        print(f"ledger replay: {error}", file=sys.stderr)
-        return EXIT_CHECK_FAILED if isinstance(error, LedgerError) else EXIT_USAGE
+        if log.end_offset() == 0:
+            raise CliError(f"{log.name}: holds no events (it ends at offset 0)")
+        summary, core = replay_summary(log, snapshot=snap, until=args.until, progress=args.progress)
+        last_seq = _last_seq(log) if snap is not None and summary.events == 0 else summary.final_seq
+        if last_seq < summary.final_seq:
+            raise CliError(
+                f"--snapshot {args.snapshot} is at seq {summary.final_seq:,}, beyond the end of {log.name} "
+                f"(its last seq is {last_seq:,})"
+            )
+    finally:
+        log.close()
+    if args.until is not None and summary.final_seq != args.until:
+        where = "past the end of the log" if summary.final_seq < args.until else "before the snapshot's seq"
+        raise CliError(f"--until {args.until:,} is {where} (the replay ends at seq {summary.final_seq:,})")
+    if args.save_snapshot:
+        _write_output_file(args.save_snapshot, "--save-snapshot", core.snapshot())
     _print_summary(summary, args.json)
-    return EXIT_CHECK_FAILED if summary.conservation_problems else EXIT_OK
+    if summary.conservation_problems:
+        problems = summary.conservation_problems
+        raise CliError(f"conservation failed for {len(problems)} assets: {problems[0]}", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ledger.app.demo import run_demo
     from ledger.logs.file import FsyncPolicy
 
+    root = Path(args.dir)
+    if root.exists() and not root.is_dir():
+        raise CliError(f"--dir {root}: exists and is not a directory")
     try:
         summary = run_demo(
             args.dir,
@@ -106,8 +382,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             fsync=FsyncPolicy(args.fsync),
         )
     except ValueError as error:
-        print(f"ledger demo: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CliError(str(error)) from None
     if args.json:
         sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
     else:
@@ -140,7 +415,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print("CHECKS FAILED:")
             for problem in summary.problems:
                 print(f"  {problem}")
-    return EXIT_OK if summary.checks_ok else EXIT_CHECK_FAILED
+    if not summary.checks_ok:
+        raise CliError(f"checks failed ({len(summary.problems)}): {'; '.join(summary.problems)}", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -148,13 +425,15 @@ def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
     log, kafka = args.log, args.kafka
     if args.source is not None:
         if log is not None or kafka is not None:
-            raise ValueError("give --source, or --log / --kafka, not both")
+            raise CliError("give --source, or --log / --kafka, not both")
         if args.source.startswith("kafka://"):
             kafka = args.source[len("kafka://") :]
         else:
             log = args.source.removeprefix("file:")
     if (log is None) == (kafka is None):
-        raise ValueError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
+        raise CliError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
+    if log is not None and args.engine_topic:
+        raise CliError("--engine-topic is for --kafka; file logs are found under DIR/engine.outputs/")
     return log, kafka
 
 
@@ -163,45 +442,49 @@ def _sources(args: argparse.Namespace) -> list[Any]:
 
     log, kafka = _log_or_kafka(args)
     if log is not None:
+        _deployment_root(log, "--log" if args.source is None else "--source")
         return file_sources(log)
     topics: dict[str, str] = {}
     for item in args.engine_topic or []:
         symbol, sep, topic = item.partition("=")
         if not sep or not symbol or not topic:
-            raise ValueError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
+            raise CliError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
         topics[symbol] = topic
     assert kafka is not None
     return kafka_sources(kafka, args.topic, topics, args.partition)
 
 
-def _open_sources_and_store(args: argparse.Namespace, command: str) -> tuple[list[Any], Any] | None:
-    """The command's sources and store, or None (after saying why on stderr)."""
-    from ledger.logs.base import LogError
-    from settlement import open_store
+@contextlib.contextmanager
+def _sources_and_store(args: argparse.Namespace, store_read_only: bool) -> Iterator[tuple[list[Any], Any]]:
+    """The command's sources and store, closed on the way out whatever happens."""
     from settlement.store import StoreError
 
-    sources: list[Any] = []
+    _log_or_kafka(args)  # usage first: before any log or store is opened
+    if store_read_only:
+        _check_store_to_read(args.store)
+    sources = _sources(args)
     try:
-        sources = _sources(args)
-        return sources, open_store(args.store)
-    except (ValueError, LogError, StoreError) as error:
+        store = _open_store(args.store)
+    except BaseException:
         for source in sources:
             source.log.close()
-        print(f"ledger {command}: {error}", file=sys.stderr)
-        return None
+        raise
+    try:
+        yield sources, store  # the command may replace the list's items (streams found meanwhile)
+    finally:
+        for source in sources:
+            source.log.close()
+        # Every write is done before the command returns; a store failure was raised there.
+        with contextlib.suppress(StoreError):
+            store.close()
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
-    from ledger.logs.base import LogError
     from settlement.projector import Projector
-    from settlement.store import StoreError
 
-    opened = _open_sources_and_store(args, "project")
-    if opened is None:
-        return EXIT_USAGE
-    sources, store = opened
-    projector = None
-    try:
+    if args.max_seconds is not None and not args.follow:
+        raise CliError("--max-seconds is for --follow")
+    with _sources_and_store(args, store_read_only=False) as (sources, store):
         options: dict[str, Any] = {} if args.state_every is None else {"state_every_events": args.state_every}
         directory, _kafka = _log_or_kafka(args)
         if args.follow and directory is not None:
@@ -210,17 +493,11 @@ def _cmd_project(args: argparse.Namespace) -> int:
             # Symbols listed while following get their engine.outputs projected too.
             options["discover"] = lambda known: file_sources(directory, known)
         projector = Projector(store, sources, policy=args.policy, **options)
-        report = projector.run(follow=args.follow, max_seconds=args.max_seconds)
-    except (LogError, StoreError) as error:
-        print(f"ledger project: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        # Streams found while following are the projector's; close those too.
-        for source in [s.source for s in projector.streams] if projector is not None else sources:
-            source.log.close()
-        # run() writes everything before it returns; a store failure was reported above.
-        with contextlib.suppress(StoreError):
-            store.close()
+        try:
+            report = projector.run(follow=args.follow, max_seconds=args.max_seconds)
+        finally:
+            # Streams found while following are the projector's; close those too.
+            sources[:] = [s.source for s in projector.streams]
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:
@@ -234,25 +511,24 @@ def _cmd_project(args: argparse.Namespace) -> int:
             )
             if r.fault is not None:
                 print(f"    {r.fault.kind}: {r.fault.detail}")
-    for r in report.streams:
-        if r.halted and r.fault is not None:
-            print(f"ledger project: stream {r.stream} halted at seq {r.applied_seq}: {r.fault.detail}", file=sys.stderr)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    halted = [r for r in report.streams if r.halted and r.fault is not None]
+    if halted:
+        r = halted[0]
+        more = f" (and {len(halted) - 1} more halted streams)" if len(halted) > 1 else ""
+        assert r.fault is not None
+        raise CliError(f"stream {r.stream} halted at seq {r.applied_seq}: {r.fault.detail}{more}", EXIT_CHECK_FAILED)
+    if not report.ok:
+        raise CliError(f"the projection into {store.name} is not complete", EXIT_CHECK_FAILED)
+    return EXIT_OK
 
 
 def _cmd_gaps(args: argparse.Namespace) -> int:
-    from settlement import open_store
-    from settlement.store import StoreError
-
+    _check_store_to_read(args.store)
+    store = _open_store(args.store)
     try:
-        store = open_store(args.store)
-        try:
-            faults = store.faults(open_only=not args.all)
-        finally:
-            store.close()
-    except (ValueError, StoreError) as error:
-        print(f"ledger gaps: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        faults = store.faults(open_only=not args.all)
+    finally:
+        store.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(faults).decode() + "\n")
     else:
@@ -262,33 +538,27 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
             span = f"missing {f.expected}..{f.received - 1}" if f.kind == "gap" else f"at seq {f.expected}"
             state = "resolved" if f.resolved else "OPEN"
             print(f"{f.stream:<28} {f.kind:<9} {span:<28} {state:<8} {f.detail}")
-    return EXIT_CHECK_FAILED if any(not f.resolved for f in faults) else EXIT_OK
+    still_open = [f for f in faults if not f.resolved]
+    if still_open:
+        first = still_open[0]
+        raise CliError(
+            f"open sequence faults in {store.name}: {len(still_open)}, the first on {first.stream} "
+            f"at seq {first.expected}",
+            EXIT_CHECK_FAILED,
+        )
+    return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ledger.logs.base import LogError
     from ledger.ubscore import LedgerError
-    from settlement.store import StoreError
     from settlement.verify import verify_store
 
-    opened = _open_sources_and_store(args, "verify")
-    if opened is None:
-        return EXIT_USAGE
-    sources, store = opened
-    try:
+    with _sources_and_store(args, store_read_only=True) as (sources, store):
         balance = sources[0]
-        report = verify_store(store, balance.log, balance.stream)
-    except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
-        print(f"ledger verify: the log cannot be replayed: {error}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    except (LogError, StoreError) as error:
-        print(f"ledger verify: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        for source in sources:
-            source.log.close()
-        with contextlib.suppress(StoreError):
-            store.close()
+        try:
+            report = verify_store(store, balance.log, balance.stream)
+        except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
+            raise CliError(f"the log cannot be replayed: {error}", EXIT_CHECK_FAILED) from None
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:
@@ -304,94 +574,144 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             if report.differences_total > len(report.differences):
                 print(f"  ... and {report.differences_total - len(report.differences):,} more")
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    if not report.ok:
+        raise CliError(
+            f"{report.differences_total:,} differences between {store.name} and a fresh replay of the log",
+            EXIT_CHECK_FAILED,
+        )
+    return EXIT_OK
 
 
-def _cmd_run_ubscore(args: argparse.Namespace) -> int:
-    from ledger.app.stage import UBSCoreStage
-    from ledger.logs.base import Log
+def _events_dir_to_write(path: str, commands: Path) -> Path:
+    """``path`` as the stage's output log: a file log, or a place to start one."""
+    events = Path(path)
+    if events.exists():
+        if not events.is_dir():
+            raise CliError(f"--events {events}: exists and is not a directory")
+        try:
+            names = os.listdir(events)
+        except OSError as error:
+            raise CliError(f"--events {events}: cannot list it: {error.strerror}") from None
+        if names and not any(name.endswith(SEGMENT_SUFFIX) for name in names):
+            raise CliError(f"--events {events}: not empty and holds no file log; give a log directory")
+        if events.resolve() == commands.resolve():
+            raise CliError("--events and --commands are the same directory")
+        if names:
+            from ledger.logs.file import FileLog
 
-    if not args.kafka and not (args.commands and args.events):
-        print("ledger run ubscore: give --commands DIR and --events DIR, or --kafka HOST:PORT", file=sys.stderr)
-        return EXIT_USAGE
+            # Read it first: opening a log for writing makes its LOCK file before it
+            # looks at the segments, and a bad log must be left as it was.
+            FileLog(events, readonly=True).close()
+    elif not events.parent.is_dir():
+        raise CliError(f"--events {events}: no such directory {events.parent}")
+    return events
+
+
+def _open_stage_logs(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[Log, Log]:
+    """(commands, events) logs of ``run ubscore``, closed by ``stack``."""
     commands: Log
-    events: Log
     if args.kafka:
         from ledger.logs.kafka import KafkaLog, ensure_topic
 
         ensure_topic(args.kafka, args.events_topic)
-        commands = KafkaLog(args.kafka, args.commands_topic)
+        commands = stack.enter_context(contextlib.closing(KafkaLog(args.kafka, args.commands_topic)))
         events = KafkaLog(args.kafka, args.events_topic, transactional_id=f"ubscore-{args.events_topic}-0")
-    else:
-        from ledger.logs.file import FileLog, FsyncPolicy
+        return commands, stack.enter_context(contextlib.closing(events))
+    from ledger.logs.file import FileLog, FsyncPolicy
 
-        commands = FileLog(args.commands, readonly=True)
-        events = FileLog(args.events, fsync=FsyncPolicy(args.fsync))
-    try:
+    commands_dir = _log_dir(args.commands, "--commands")
+    events_dir = _events_dir_to_write(args.events, commands_dir)
+    commands = stack.enter_context(FileLog(commands_dir, readonly=True))
+    return commands, stack.enter_context(FileLog(events_dir, fsync=FsyncPolicy(args.fsync)))
+
+
+def _cmd_run_ubscore(args: argparse.Namespace) -> int:
+    from ledger.app.stage import UBSCoreStage
+
+    files = args.commands is not None or args.events is not None
+    if args.kafka and files:
+        raise CliError("give --commands DIR and --events DIR, or --kafka HOST:PORT, not both")
+    if not args.kafka and not (args.commands and args.events):
+        raise CliError("give --commands DIR and --events DIR, or --kafka HOST:PORT")
+    if args.idle_exit_s and not args.follow:
+        raise CliError("--idle-exit-s is for --follow")
+    with contextlib.ExitStack() as stack:
+        commands, events = _open_stage_logs(args, stack)
         stage = UBSCoreStage(commands, events)
         handled = stage.run(args.batch, follow=args.follow, idle_s_max=args.idle_exit_s)
-    finally:
-        commands.close()
-        events.close()
     print(f"handled {handled} commands; events end at seq {stage.core.state.seq}; hash {stage.core.state_hash()}")
     return EXIT_OK
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka")
-    parser.add_argument("--log", help="a file-log directory as `ledger demo` writes it")
-    parser.add_argument("--kafka", help="bootstrap servers of a Kafka cluster")
+    parser.add_argument(
+        "--source", type=_source, help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka"
+    )
+    parser.add_argument("--log", type=_nonempty, help="a file-log directory as `ledger demo` writes it")
+    parser.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster")
     parser.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the balance.events topic")
-    parser.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
+    parser.add_argument(
+        "--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)"
+    )
     parser.add_argument(
         "--engine-topic", action="append", metavar="SYMBOL=TOPIC", help="with --kafka: a symbol's engine.outputs topic"
     )
-    parser.add_argument("--store", required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
+    parser.add_argument("--store", type=_store_url, required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(prog="ledger", description="Event-sourced exchange ledger tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _replay_parser(sub: Any) -> None:
     rp = sub.add_parser("replay", help="rebuild UBSCore state from balance.events and summarize it")
-    rp.add_argument("--log", help="directory of a file log holding balance.events")
-    rp.add_argument("--kafka", help="bootstrap servers of a Kafka cluster holding balance.events")
+    rp.add_argument("--log", type=_nonempty, help="directory of a file log holding balance.events")
+    rp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster holding balance.events")
     rp.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the topic")
-    rp.add_argument("--partition", type=int, default=0, help="with --kafka: the partition (one UBSCore shard)")
-    rp.add_argument("--until", type=int, help="stop after the event with this seq")
-    rp.add_argument("--snapshot", help="start from this verified snapshot file")
-    rp.add_argument("--save-snapshot", help="write a snapshot of the final state to this file")
+    rp.add_argument("--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)")
+    rp.add_argument("--until", type=_integer(1), help="stop after the event with this seq (in the log)")
+    rp.add_argument("--snapshot", type=_nonempty, help="start from this verified snapshot file")
+    rp.add_argument("--save-snapshot", type=_nonempty, help="write a snapshot of the final state to this file")
     rp.add_argument("--json", action="store_true", help="print the summary as JSON")
     rp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
     rp.set_defaults(run=_cmd_replay)
 
+
+def _demo_parser(sub: Any) -> None:
+    from ledger.app.demo import ORDERS_MAX, SYMBOLS, USERS_MAX
+
     dp = sub.add_parser("demo", help="run a deterministic exchange workload on file logs, then verify it")
-    dp.add_argument("--dir", default="demo-data", help="directory for the logs (replaced if a previous demo)")
-    dp.add_argument("--users", type=int, default=1_000)
-    dp.add_argument("--symbols", type=int, default=2, help="1..4")
-    dp.add_argument("--orders", type=int, default=50_000, help="commands after setup (orders, cancels, ...)")
-    dp.add_argument("--seed", type=int, default=42)
+    dp.add_argument(
+        "--dir", type=_nonempty, default="demo-data", help="directory for the logs (replaced if a previous demo)"
+    )
+    dp.add_argument("--users", type=_integer(2, USERS_MAX), default=1_000, help=f"2..{USERS_MAX:,}")
+    dp.add_argument("--symbols", type=_integer(1, len(SYMBOLS)), default=2, help=f"1..{len(SYMBOLS)}")
+    dp.add_argument(
+        "--orders",
+        type=_integer(0, ORDERS_MAX),
+        default=50_000,
+        help=f"commands after setup (orders, cancels, ...): 0..{ORDERS_MAX:,}",
+    )
+    dp.add_argument("--seed", type=_integer(-(2**63), 2**63 - 1), default=42)
     dp.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
     dp.add_argument("--json", action="store_true", help="print the summary as JSON")
     dp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
     dp.set_defaults(run=_cmd_demo)
 
+
+def _settlement_parsers(sub: Any) -> None:
     pp = sub.add_parser("project", help="project balance.events and engine.outputs into a store")
     _source_arguments(pp)
     pp.add_argument("--policy", choices=["halt", "refetch"], default="halt", help="what a sequence gap does")
     pp.add_argument("--follow", action="store_true", help="keep projecting new records as they arrive")
-    pp.add_argument("--max-seconds", type=float, help="with --follow: stop after this long")
+    pp.add_argument("--max-seconds", type=_seconds, help="with --follow: stop after this long")
     pp.add_argument(
         "--state-every",
-        type=int,
+        type=_integer(0),
         help="save the projector's fold state every N events of a stream, so a restart need not re-read "
         "the stream from its start (0: never; default: settlement.projector.STATE_EVERY_EVENTS)",
     )
     pp.set_defaults(run=_cmd_project)
 
     gp = sub.add_parser("gaps", help="list the sequence faults a projection recorded")
-    gp.add_argument("--store", required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
+    gp.add_argument("--store", type=_store_url, required=True, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
     gp.add_argument("--all", action="store_true", help="resolved ones too")
     gp.add_argument("--json", action="store_true", help="print them as JSON")
     gp.set_defaults(run=_cmd_gaps)
@@ -400,27 +720,113 @@ def build_parser() -> argparse.ArgumentParser:
     _source_arguments(vp)
     vp.set_defaults(run=_cmd_verify)
 
+
+def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run one service of the exchange")
     services = run.add_subparsers(dest="service", required=True)
     up = services.add_parser("ubscore", help="UBSCore as a stage: balance.operations in, balance.events out")
-    up.add_argument("--commands", help="file log of balance.operations")
-    up.add_argument("--events", help="file log of balance.events")
+    up.add_argument("--commands", type=_nonempty, help="file log of balance.operations")
+    up.add_argument("--events", type=_nonempty, help="file log of balance.events (created if missing)")
     up.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
-    up.add_argument("--kafka", help="bootstrap servers; use topics instead of file logs")
+    up.add_argument("--kafka", type=_bootstrap, help="bootstrap servers; use topics instead of file logs")
     up.add_argument("--commands-topic", default=layout.OPERATIONS)
     up.add_argument("--events-topic", default=layout.EVENTS)
-    up.add_argument("--batch", type=int, default=BATCH_COMMANDS_DEFAULT, help="commands per output batch")
+    up.add_argument(
+        "--batch",
+        type=_integer(1, BATCH_COMMANDS_MAX),
+        default=BATCH_COMMANDS_DEFAULT,
+        help=f"commands per output batch: 1..{BATCH_COMMANDS_MAX:,}",
+    )
     up.add_argument("--follow", action="store_true", help="keep polling for new commands")
-    up.add_argument("--idle-exit-s", type=float, default=0.0, help="with --follow: exit after this idle time")
+    up.add_argument("--idle-exit-s", type=_seconds, default=0.0, help="with --follow: exit after this idle time")
     up.set_defaults(run=_cmd_run_ubscore)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog="ledger", description="Event-sourced exchange ledger tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _replay_parser(sub)
+    _demo_parser(sub)
+    _settlement_parsers(sub)
+    _run_parser(sub)
     return parser
+
+
+class _InputNotices(logging.Filter):
+    """What the libraries log about the input (``ledger.logs``: a torn tail ignored, ...)
+    is always shown; the rest (the projector's faults and halts, which the command reports
+    itself) only while following, as progress."""
+
+    def __init__(self, everything: bool) -> None:
+        super().__init__()
+        self.everything = everything
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.everything or record.name.startswith("ledger.logs")
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Library warnings (a torn tail ignored, ...) as ``ledger COMMAND: warning: ...``."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ledger {self.command}: {record.levelname.lower()}: {_one_line(record.getMessage())}"
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(command: str, everything: bool) -> Iterator[None]:
+    root = logging.getLogger()
+    if root.handlers:  # the embedding program has its own
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter(command))
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_InputNotices(everything))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+def _describe(error: BaseException) -> tuple[str, int]:
+    """One line saying what went wrong, and the exit status it earns."""
+    from ledger.logs.base import LogError
+    from ledger.ubscore import LedgerError
+    from settlement.store import StoreError
+
+    if isinstance(error, CliError):
+        return str(error), error.code
+    if isinstance(error, LedgerError):  # a log that fails its own audit: a check failed
+        return str(error), EXIT_CHECK_FAILED
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror}", EXIT_USAGE
+    if isinstance(error, (LogError, StoreError, ValueError, sqlite3.Error, msgspec.MsgspecError)):
+        return str(error) or type(error).__name__, EXIT_USAGE
+    return f"unexpected {type(error).__name__}: {error}", EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
     args = build_parser().parse_args(argv)
-    with relaxed_gc():
-        return int(args.run(args))
+    command = args.command if args.command != "run" else f"run {args.service}"
+    with _logging_to_stderr(command, everything=bool(getattr(args, "follow", False))):
+        try:
+            with relaxed_gc():
+                return int(args.run(args))
+        except KeyboardInterrupt:
+            print(f"ledger {command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as error:  # noqa: BLE001 - the last resort: one line, never a traceback
+            message, code = _describe(error)
+            print(f"ledger {command}: {_one_line(message)}", file=sys.stderr)
+            return code
 
 
 if __name__ == "__main__":

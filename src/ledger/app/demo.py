@@ -40,6 +40,11 @@ MARKER = "LEDGER_DEMO"
 BATCH_COMMANDS = 1_000
 # Open orders the workload remembers as cancel targets; older ones are forgotten.
 CANCEL_TARGETS_MAX = 2_000
+# The setup deposits of every user are one list in memory (about 1 KiB a user with four
+# symbols), and the whole run is checked again from the logs: a demo, not a load test.
+USERS_MAX = 100_000
+# Orders run in batches, so memory stays flat; this bounds the time (minutes, not days).
+ORDERS_MAX = 10_000_000
 
 ASSETS = [Asset("USDT", 6), Asset("BTC", 8), Asset("ETH", 18), Asset("SOL", 9), Asset("XRP", 6)]
 # name, base, lot (base units per lot), tick (quote units per lot per price step), mid price
@@ -156,9 +161,13 @@ def run_demo(
     """Run the demo in ``directory`` (created; a previous demo there is replaced)."""
     if not 1 <= symbols <= len(SYMBOLS):
         raise ValueError(f"symbols must be 1..{len(SYMBOLS)}")
-    if users < 2 or orders < 0:
-        raise ValueError("need at least 2 users and a non-negative number of orders")
+    if not 2 <= users <= USERS_MAX:
+        raise ValueError(f"users must be 2..{USERS_MAX:,}")
+    if not 0 <= orders <= ORDERS_MAX:
+        raise ValueError(f"orders must be 0..{ORDERS_MAX:,}")
     root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a directory; choose another")
     if root.exists():
         if not (root / MARKER).exists() and any(root.iterdir()):
             raise ValueError(f"{root} exists and is not a ledger demo directory; choose another")
