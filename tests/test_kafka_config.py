@@ -85,3 +85,25 @@ def test_a_log_with_client_settings_works_on_the_real_broker(kafka_bootstrap: st
         assert log.read(0).values == [b"a", b"b"]
     finally:
         log.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"LEDGER_KAFKA_CONFIG": "/nonexistent/client.properties"}, "cannot read"),
+        ({"LEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "LEDGER_KAFKA_SASL_MECHANISM": "NOPE",
+          "LEDGER_KAFKA_SASL_PASSWORD": SECRET}, "Unsupported SASL mechanism"),
+        ({"LEDGER_KAFKA_ISOLATION_LEVEL": "read_uncommitted"}, "set by the library"),
+    ],
+)
+def test_the_command_line_takes_kafka_settings_from_the_environment(environ: dict[str, str], expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    for argv in (["replay", "--kafka", "127.0.0.1:9092", "--topic", "never"],
+                 ["run", "ubscore", "--kafka", "127.0.0.1:9092", "--commands-topic", "never"]):
+        done = subprocess.run([sys.executable, "-m", "ledger.app.cli", *argv], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, **environ})
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and expected in done.stderr and SECRET not in done.stderr

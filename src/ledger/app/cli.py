@@ -325,9 +325,9 @@ def _open_replay_log(args: argparse.Namespace) -> Any:
     from ledger.logs.file import FileLog
 
     if args.kafka:
-        from ledger.logs.kafka import KafkaLog
+        from ledger.logs.kafka import KafkaLog, load_client_config
 
-        return KafkaLog(args.kafka, args.topic, args.partition)
+        return KafkaLog(args.kafka, args.topic, args.partition, client_config=load_client_config())
     return FileLog(_log_dir(args.log, "--log"), readonly=True)
 
 
@@ -611,11 +611,15 @@ def _open_stage_logs(args: argparse.Namespace, stack: contextlib.ExitStack) -> t
     """(commands, events) logs of ``run ubscore``, closed by ``stack``."""
     commands: Log
     if args.kafka:
-        from ledger.logs.kafka import KafkaLog, ensure_topic
+        from ledger.logs.kafka import KafkaLog, ensure_topic, load_client_config
 
-        ensure_topic(args.kafka, args.events_topic)
-        commands = stack.enter_context(contextlib.closing(KafkaLog(args.kafka, args.commands_topic)))
-        events = KafkaLog(args.kafka, args.events_topic, transactional_id=f"ubscore-{args.events_topic}-0")
+        client_config = load_client_config()
+        ensure_topic(args.kafka, args.events_topic, client_config=client_config)
+        commands = stack.enter_context(
+            contextlib.closing(KafkaLog(args.kafka, args.commands_topic, client_config=client_config))
+        )
+        transactional_id = f"ubscore-{args.events_topic}-0"
+        events = KafkaLog(args.kafka, args.events_topic, transactional_id=transactional_id, client_config=client_config)
         return commands, stack.enter_context(contextlib.closing(events))
     from ledger.logs.file import FileLog, FsyncPolicy
 
