@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,10 @@ from ledger.app.demo import run_demo
 from ledger.logs.base import scan
 from ledger.logs.file import FileLog, FsyncPolicy
 from ledger.protocol.codec import EVENTS, OUTPUTS
-from settlement.model import Projection, Write
+from settlement.model import Projection, Row
 from settlement.projector import BALANCE, Projector, Source, file_sources
 from settlement.sqlite import SQLiteStore
+from settlement.store import Checkpoint
 
 # Orders of the demo workload per settled trade (measured: 36,000 orders, 20,171 trades).
 ORDERS_PER_TRADE = 1.79
@@ -56,9 +58,9 @@ def make_logs(root: Path, trades: int) -> dict[str, Any]:
     }
 
 
-def all_writes(root: Path) -> list[Write]:
+def all_writes(root: Path) -> list[Row]:
     projection = Projection()
-    writes: list[Write] = []
+    writes: list[Row] = []
     for source in file_sources(str(root)):
         for batch in scan(source.log):
             for raw in batch.values:
@@ -87,7 +89,7 @@ def project(store: Any, root: Path, logs: dict[str, Any], rows: int) -> dict[str
     }
 
 
-def cql_baselines(host: str, port: int, writes: list[Write]) -> dict[str, Any]:
+def cql_baselines(host: str, port: int, writes: list[Row]) -> dict[str, Any]:
     from cassandra.concurrent import execute_concurrent
     from cassandra.query import BatchStatement, BatchType
 
@@ -125,8 +127,8 @@ class _TimedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def commit(self, writes: Any, checkpoint: Any) -> None:
-        self.store.commit(writes, checkpoint)
+    def commit(self, writes: Sequence[Row], checkpoint: Checkpoint, state: bytes | None = None) -> None:
+        self.store.commit(writes, checkpoint, state)
         self.commits.append((checkpoint.seq, time.perf_counter()))
 
 

@@ -114,14 +114,14 @@ def test_projecting_the_same_logs_twice_gives_identical_tables(new_store: StoreF
 def test_reapplying_any_batch_in_any_order_converges(new_store: StoreFactory) -> None:
     """The projector never does this, but the store's writes must allow it: versioned rows
     keep the newest version, so batches applied backwards end where forwards did."""
-    from settlement.model import Projection, Write
+    from settlement.model import Projection, Row
     from settlement.store import Checkpoint
 
     events, outputs = workload_logs(seed=11, orders=200)
     projection = Projection()
-    batches: list[list[Write]] = []
+    batches: list[list[Row]] = []
     for raw in records(events):
-        writes: list[Write] = []
+        writes: list[Row] = []
         projection.balance_event(EVENTS.decode(raw), writes)
         batches.append(writes)
     for symbol in sorted(outputs):  # the engine's rows of an order too
@@ -184,12 +184,12 @@ def test_queries_answer_the_reference_scenario_exactly(new_store: StoreFactory) 
 
 def test_paging_crosses_partition_buckets(new_store: StoreFactory) -> None:
     """A ledger spread over several buckets is read newest first across them."""
-    from settlement.model import Projection, Write
+    from settlement.model import Projection, Row
     from settlement.store import Checkpoint
 
     store = new_store()
     projection = Projection()
-    writes: list[Write] = []
+    writes: list[Row] = []
     available = 0
     seqs = [1, 2, BUCKET_SEQS - 1, BUCKET_SEQS, BUCKET_SEQS + 5, 3 * BUCKET_SEQS + 1]
     for i, seq in enumerate(seqs):
@@ -535,11 +535,11 @@ def test_a_cancel_that_lost_the_race_leaves_the_ended_order_alone(new_store: Sto
     (UNKNOWN_ORDER); that answer must not rewrite how the order ended."""
     from ledger.protocol.outputs import OrderRejected, OrderRested
     from ledger.protocol.reasons import Reason
-    from settlement.model import Projection, Write
+    from settlement.model import Projection, Row
     from settlement.store import Checkpoint
 
     store = new_store()
-    writes: list[Write] = []
+    writes: list[Row] = []
     Projection.engine_output(OrderRested(1, "X-Y", 10, 77, 5, Side.SELL, 100, 4), writes)
     Projection.engine_output(OrderRejected(2, "X-Y", 12, 77, 5, int(Reason.UNKNOWN_ORDER)), writes)
     Projection.engine_output(OrderRejected(3, "X-Y", 13, 78, 5, int(Reason.POST_ONLY_WOULD_TAKE)), writes)

@@ -21,7 +21,7 @@ from settlement.store import Checkpoint, Fault, Queries, Store, StoreError, dump
 from settlement.verify import VerifyReport, verify_store
 
 
-def open_store(url: str, **options: Any) -> Any:
+def open_store(url: str, **options: Any) -> Store:
     """Open a store from ``sqlite:PATH`` (``sqlite::memory:`` for a throwaway one) or
     ``cql://HOST[:PORT][/KEYSPACE]``; ``options`` go to the store's constructor."""
     if url.startswith("sqlite:"):

@@ -25,8 +25,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from settlement.model import DELETE, TABLES, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, SavedState, StoreError, resolvable
+from msgspec.structs import astuple
+
+from settlement.model import ROW_TYPES, TABLES, Delete, Row, Table
+from settlement.store import Checkpoint, Fault, KeyValue, SavedState, StoreError, resolvable
 
 # Rows sent together in one UNLOGGED batch (one request). One request per row costs the
 # Python driver and the server far more than the rows themselves: measured here, 16-row
@@ -107,10 +109,12 @@ class CqlStore:
         except Exception as error:  # noqa: BLE001 - the driver raises several unrelated types
             raise StoreError(f"{self.name}: cannot connect: {error}") from None
         self._session.default_timeout = REQUEST_TIMEOUT_S
-        self._writes: dict[str, Any] = {}
+        # Per row type: its prepared statement, where its version is among its values, and
+        # whether it is a delete.
+        self._writes: dict[type[Row], tuple[Any, int | None, bool]] = {}
         self._reads: dict[tuple[str, int], Any] = {}
         # Commits go through one writer thread, in order (see ``commit``).
-        self._queue: queue.Queue[tuple[list[Write], Checkpoint, bytes | None] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[list[Row], Checkpoint, bytes | None] | None] = queue.Queue(
             PIPELINE_COMMITS_MAX
         )
         self._writer: threading.Thread | None = None
@@ -149,19 +153,21 @@ class CqlStore:
     def _prepare(self) -> None:
         ks = self.keyspace
         prepare = self._session.prepare
-        for name, kind in WRITE_KINDS.items():
-            table = TABLES[kind.table]
-            if kind.mode == DELETE:
+        for row_type in ROW_TYPES:
+            table = TABLES[row_type.TABLE]
+            fields = row_type.__struct_fields__
+            if issubclass(row_type, Delete):
                 where = " AND ".join(f"{_q(c)} = ?" for c in (*table.partition, *table.clustering))
                 cql = f"DELETE FROM {ks}.{_q(table.name)} USING TIMESTAMP ? WHERE {where}"
             else:
-                names = ", ".join(_q(c) for c in kind.columns)
-                marks = ", ".join("?" for _ in kind.columns)
+                names = ", ".join(_q(c) for c in fields)
+                marks = ", ".join("?" for _ in fields)
                 cql = f"INSERT INTO {ks}.{_q(table.name)} ({names}) VALUES ({marks}) USING TIMESTAMP ?"
             statement = prepare(cql)
             statement.is_idempotent = True
             statement.consistency_level = self._consistency
-            self._writes[name] = (statement, kind.mode == DELETE)
+            version_at = None if row_type.VERSION is None else fields.index(row_type.VERSION)
+            self._writes[row_type] = (statement, version_at, issubclass(row_type, Delete))
         self._checkpoint_write = prepare(
             f'INSERT INTO {ks}."stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) USING TIMESTAMP ?'
         )
@@ -198,13 +204,17 @@ class CqlStore:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _bound(self, write: Write) -> tuple[Any, tuple[Any, ...]]:
-        statement, is_delete = self._writes[write.kind]
+    def _bound(self, row: Row) -> tuple[Any, tuple[Any, ...]]:
+        statement, version_at, is_delete = self._writes[type(row)]
+        values = astuple(row)
+        # A row without a version field is the same fact whoever writes it: version 0.
+        version = 0 if version_at is None else values[version_at]
         if is_delete:
-            return statement, (write.version, *write.values)
-        return statement, (*write.values, write.version)
+            # The key values, without the version field that follows them.
+            return statement, (version, *values[:-1])
+        return statement, (*values, version)
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
+    def commit(self, writes: Sequence[Row], checkpoint: Checkpoint, state: bytes | None = None) -> None:
         """Hand the commit to the writer thread and return; it is written (rows, then
         checkpoint, commits in order) while the caller prepares the next one. At most
         ``PIPELINE_COMMITS_MAX`` wait; a failed commit is raised by the next call here or
@@ -249,7 +259,7 @@ class CqlStore:
             finally:
                 self._queue.task_done()
 
-    def _commit_now(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None) -> None:
+    def _commit_now(self, writes: Sequence[Row], checkpoint: Checkpoint, state: bytes | None) -> None:
         from cassandra.concurrent import execute_concurrent
         from cassandra.query import BatchStatement, BatchType
 
@@ -341,7 +351,7 @@ class CqlStore:
     # -- reads --------------------------------------------------------------------------
 
     def rows(
-        self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None
+        self, table: str, key: dict[str, KeyValue], limit: int, before: tuple[KeyValue, ...] | None = None
     ) -> list[dict[str, Any]]:
         t = TABLES[table]
         width = len(before) if before else 0

@@ -1,12 +1,15 @@
 """What the projection holds, and the pure mapping from events to row writes.
 
-Nothing here does I/O. A store (SQLite or CQL) turns each ``Write`` into a statement; the
-projector owns the order in which writes happen. Every write is keyed by the event (never
-the clock) and carries absolute values (the balance after the change, the order's filled
-quantity after the fill), plus a ``version`` derived from the seq of the event that made
-it. A store applies a versioned write only if no newer version is already there (CQL:
-``USING TIMESTAMP version``; SQLite: a guarded upsert), so re-applying any event, in any
-order, converges to the same rows.
+Nothing here does I/O. Each write is a row struct (``BalanceRow``, ``LedgerRow``, ...,
+``OpenOrderDelete``; ``Row`` is their union) whose fields are columns of its table; a
+store (SQLite or CQL) turns each row type into one statement. The projector owns the
+order in which writes happen. Every row is keyed by the event (never the clock) and
+carries absolute values (the balance after the change, the order's filled quantity
+after the fill), plus a version: the seq of the event that made it, held in the field
+its type's ``VERSION`` names. A store applies a ``VersionedRow`` or a ``Delete`` only if
+no newer version is already there (CQL: ``USING TIMESTAMP version``; SQLite: a guarded
+upsert, and a tombstone for a delete), so re-applying any event, in any order, converges
+to the same rows.
 
 Logical tables (the same in every store):
 
@@ -31,7 +34,7 @@ Partitions stay bounded: ledger and trade rows are bucketed by the seq of their 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, Final, Literal, NamedTuple, get_args
 
 import msgspec
 
@@ -53,7 +56,6 @@ from ledger.protocol.events import (
     Withdrawn,
 )
 from ledger.protocol.limits import FEE_ACCOUNT_USER
-from ledger.protocol.market import Asset, Symbol
 from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
 
@@ -64,12 +66,13 @@ from ledger.protocol.reasons import Reason
 BUCKET_SEQS = 2**18
 
 # Order status values (the ``orders.status`` column).
-STATUS_OPEN = "open"
-STATUS_FILLED = "filled"
-STATUS_CANCELLED = "cancelled"
-STATUS_EXPIRED = "expired"
-STATUS_REJECTED = "rejected"
-_STATUS_BY_UNLOCK = {
+OrderStatus = Literal["open", "filled", "cancelled", "expired", "rejected"]
+STATUS_OPEN: Final = "open"
+STATUS_FILLED: Final = "filled"
+STATUS_CANCELLED: Final = "cancelled"
+STATUS_EXPIRED: Final = "expired"
+STATUS_REJECTED: Final = "rejected"
+_STATUS_BY_UNLOCK: dict[int, OrderStatus] = {
     UNLOCK_FILLED: STATUS_FILLED,
     UNLOCK_CANCELLED: STATUS_CANCELLED,
     UNLOCK_EXPIRED: STATUS_EXPIRED,
@@ -80,19 +83,13 @@ _STATUS_BY_UNLOCK = {
 _NOT_AN_ORDER_END = frozenset((int(Reason.UNKNOWN_ORDER), int(Reason.DUPLICATE_ORDER_ID)))
 
 # Ledger row kinds (the ``balance_ledger.kind`` column).
-KIND_DEPOSIT = "deposit"
-KIND_WITHDRAW = "withdraw"
-KIND_LOCK = "lock"
-KIND_TRADE = "trade"
-KIND_FEE = "fee"
-KIND_UNLOCK = "unlock"
-
-# Write modes. VERSIONED: apply only if no newer version is stored. IMMUTABLE: the row
-# is a fact that never changes (re-writing it writes the same values). DELETE: remove
-# the row unless a newer version wrote it.
-VERSIONED = "versioned"
-IMMUTABLE = "immutable"
-DELETE = "delete"
+LedgerKind = Literal["deposit", "withdraw", "lock", "trade", "fee", "unlock"]
+KIND_DEPOSIT: Final = "deposit"
+KIND_WITHDRAW: Final = "withdraw"
+KIND_LOCK: Final = "lock"
+KIND_TRADE: Final = "trade"
+KIND_FEE: Final = "fee"
+KIND_UNLOCK: Final = "unlock"
 
 
 class ProjectionError(Exception):
@@ -186,79 +183,254 @@ TABLES: dict[str, Table] = {
 }
 
 
-class WriteKind(NamedTuple):
-    """One kind of write: which table, which columns it sets (key columns first, in the
-    order of ``Write.values``), how it is applied, and for VERSIONED writes the column that
-    holds its version in stores without write timestamps."""
+class _Row(msgspec.Struct, frozen=True, gc=False):
+    """A row to write into ``TABLE``: the fields are its columns (every key column, in
+    the order of the table), so a store builds its statement from the field names.
 
+    ``VERSION`` names the field that holds the row's version (the seq of the event that
+    made it), or is None for a row whose every write is the same fact (version 0). CQL
+    writes every row ``USING TIMESTAMP version``."""
+
+    TABLE: ClassVar[str]
+    VERSION: ClassVar[str | None]
+
+
+class VersionedRow(_Row, frozen=True):
+    """A row applied only if no newer version is stored; ``VERSION`` is also the column
+    that holds the version in stores without write timestamps (SQLite)."""
+
+    VERSION: ClassVar[str]
+
+
+class ImmutableRow(_Row, frozen=True):
+    """A fact that never changes: re-writing it writes the same values."""
+
+
+class Delete(_Row, frozen=True):
+    """Removes the row with this key unless a newer version wrote it: the fields are the
+    table's key, then the field named by ``VERSION``. SQLite keeps a tombstone."""
+
+    VERSION: ClassVar[str]
+
+
+class AssetRow(VersionedRow, frozen=True):
+    TABLE = "assets"
+    VERSION = "seq"
+    code: str
+    decimals: int
+    seq: int
+
+
+class SymbolRow(VersionedRow, frozen=True):
+    TABLE = "symbols"
+    VERSION = "seq"
     name: str
-    table: str
-    columns: tuple[str, ...]
-    mode: str
-    version_column: str | None = None
+    base: str
+    quote: str
+    lot: int
+    tick: int
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+    seq: int
 
 
-WRITE_KINDS: dict[str, WriteKind] = {
-    k.name: k
-    for k in (
-        WriteKind("asset", "assets", ("code", "decimals", "seq"), VERSIONED, "seq"),
-        WriteKind(
-            "symbol",
-            "symbols",
-            ("name", "base", "quote", "lot", "tick", "maker_fee_ppm", "taker_fee_ppm", "seq"),
-            VERSIONED,
-            "seq",
-        ),
-        WriteKind("balance", "balances", ("user", "asset", "available", "locked", "seq"), VERSIONED, "seq"),
-        WriteKind("ledger", "balance_ledger", tuple(c.name for c in TABLES["balance_ledger"].columns), IMMUTABLE),
-        WriteKind("ledger_bucket", "ledger_buckets", ("user", "asset", "bucket"), IMMUTABLE),
-        WriteKind("trade", "settled_trades", tuple(c.name for c in TABLES["settled_trades"].columns), IMMUTABLE),
-        WriteKind("symbol_trade_bucket", "symbol_trade_buckets", ("symbol", "bucket"), IMMUTABLE),
-        WriteKind("user_trade", "user_trades", tuple(c.name for c in TABLES["user_trades"].columns), IMMUTABLE),
-        WriteKind("user_trade_bucket", "user_trade_buckets", ("user", "bucket"), IMMUTABLE),
-        WriteKind(
-            "order_accepted",
-            "orders",
-            (
-                "order_id",
-                "user",
-                "symbol",
-                "side",
-                "order_type",
-                "tif",
-                "price",
-                "qty",
-                "quote_budget",
-                "lock_asset",
-                "lock_amount",
-                "accepted_seq",
-            ),
-            IMMUTABLE,
-        ),
-        WriteKind(
-            "order_status", "orders", ("order_id", "status", "filled_qty", "status_seq"), VERSIONED, "status_seq"
-        ),
-        WriteKind("order_rested", "orders", ("order_id", "rested_qty", "rested_seq"), VERSIONED, "rested_seq"),
-        WriteKind("order_ended", "orders", ("order_id", "end_reason", "ended_seq"), VERSIONED, "ended_seq"),
-        WriteKind(
-            "open_order",
-            "open_orders",
-            ("user", "order_id", "symbol", "side", "price", "qty", "accepted_seq"),
-            VERSIONED,
-            "accepted_seq",
-        ),
-        WriteKind("close_order", "open_orders", ("user", "order_id"), DELETE),
-    )
-}
+class BalanceRow(VersionedRow, frozen=True):
+    TABLE = "balances"
+    VERSION = "seq"
+    user: int
+    asset: str
+    available: int
+    locked: int
+    seq: int
 
 
-class Write(NamedTuple):
-    """One row write: ``kind`` names a ``WriteKind``; ``values`` follow its columns;
-    ``version`` orders versioned writes and deletes (the seq of the event that made it)."""
+class LedgerRow(ImmutableRow, frozen=True):
+    TABLE = "balance_ledger"
+    VERSION = "seq"
+    user: int
+    asset: str
+    bucket: int
+    seq: int
+    leg: int
+    kind: LedgerKind
+    # The signed change of the user's holding (available + locked).
+    change: int
+    available: int
+    locked: int
+    symbol: str
+    order_id: int
+    trade_id: int
+    request_id: int
 
-    kind: str
-    values: tuple[object, ...]
-    version: int
+
+class LedgerBucketRow(ImmutableRow, frozen=True):
+    TABLE = "ledger_buckets"
+    VERSION = None
+    user: int
+    asset: str
+    bucket: int
+
+
+class TradeRow(ImmutableRow, frozen=True):
+    TABLE = "settled_trades"
+    VERSION = "seq"
+    symbol: str
+    bucket: int
+    trade_id: int
+    seq: int
+    engine_seq: int
+    price: int
+    qty: int
+    maker_side: int
+    base_amount: int
+    quote_amount: int
+    maker_user: int
+    maker_order_id: int
+    maker_fee: int
+    taker_user: int
+    taker_order_id: int
+    taker_fee: int
+    taker_refund: int
+
+
+class SymbolTradeBucketRow(ImmutableRow, frozen=True):
+    TABLE = "symbol_trade_buckets"
+    VERSION = None
+    symbol: str
+    bucket: int
+
+
+class UserTradeRow(ImmutableRow, frozen=True):
+    TABLE = "user_trades"
+    VERSION = "seq"
+    user: int
+    bucket: int
+    seq: int
+    symbol: str
+    trade_id: int
+    order_id: int
+    maker: bool
+    side: int
+    price: int
+    qty: int
+    base_amount: int
+    quote_amount: int
+    fee: int
+
+
+class UserTradeBucketRow(ImmutableRow, frozen=True):
+    TABLE = "user_trade_buckets"
+    VERSION = None
+    user: int
+    bucket: int
+
+
+# The orders table is written in four parts, each versioned on its own: as accepted (a
+# fact), its status, and the engine's two answers. A part never overwrites another's
+# columns, so they may arrive in any order.
+
+
+class OrderAcceptedRow(ImmutableRow, frozen=True):
+    TABLE = "orders"
+    VERSION = "accepted_seq"
+    order_id: int
+    user: int
+    symbol: str
+    side: int
+    order_type: int
+    tif: int
+    price: int
+    qty: int
+    quote_budget: int
+    lock_asset: str
+    lock_amount: int
+    accepted_seq: int
+
+
+class OrderStatusRow(VersionedRow, frozen=True):
+    TABLE = "orders"
+    VERSION = "status_seq"
+    order_id: int
+    status: OrderStatus
+    # -1: the order was accepted before the events this projection folded.
+    filled_qty: int
+    status_seq: int
+
+
+class OrderRestedRow(VersionedRow, frozen=True):
+    TABLE = "orders"
+    VERSION = "rested_seq"
+    order_id: int
+    rested_qty: int
+    rested_seq: int
+
+
+class OrderEndedRow(VersionedRow, frozen=True):
+    TABLE = "orders"
+    VERSION = "ended_seq"
+    order_id: int
+    end_reason: int
+    ended_seq: int
+
+
+class OpenOrderRow(VersionedRow, frozen=True):
+    TABLE = "open_orders"
+    VERSION = "accepted_seq"
+    user: int
+    order_id: int
+    symbol: str
+    side: int
+    price: int
+    qty: int
+    accepted_seq: int
+
+
+class OpenOrderDelete(Delete, frozen=True):
+    """The order ended at ``seq``: it is no longer one of the user's open orders."""
+
+    TABLE = "open_orders"
+    VERSION = "seq"
+    user: int
+    order_id: int
+    seq: int
+
+
+Row = (
+    AssetRow
+    | SymbolRow
+    | BalanceRow
+    | LedgerRow
+    | LedgerBucketRow
+    | TradeRow
+    | SymbolTradeBucketRow
+    | UserTradeRow
+    | UserTradeBucketRow
+    | OrderAcceptedRow
+    | OrderStatusRow
+    | OrderRestedRow
+    | OrderEndedRow
+    | OpenOrderRow
+    | OpenOrderDelete
+)
+ROW_TYPES: tuple[type[Row], ...] = get_args(Row)
+
+
+def _check_row_type(row_type: type[Row]) -> None:
+    # The stores build their statements from a row's field names and bind its values in
+    # field order, trusting that the fields are columns of its table and hold its key.
+    table = TABLES[row_type.TABLE]
+    fields = row_type.__struct_fields__
+    key = (*table.partition, *table.clustering)
+    if issubclass(row_type, Delete):
+        assert fields == (*key, row_type.VERSION), row_type
+        return
+    columns = [c.name for c in table.columns]
+    assert all(k in fields for k in key) and all(f in columns for f in fields), row_type
+    assert row_type.VERSION is None or row_type.VERSION in fields, row_type
+
+
+for _row_type in ROW_TYPES:
+    _check_row_type(_row_type)
 
 
 def bucket_of(seq: int) -> int:
@@ -298,7 +470,7 @@ class Projection:
         self.assets_of: dict[str, tuple[str, str]] = {}
         # Bucket rows already written by this process: they are immutable, so writing
         # one again is pure cost. Grows with (user, asset) pairs and buckets in use.
-        self._buckets_written: set[tuple[object, ...]] = set()
+        self._buckets_written: set[Row] = set()
 
     def snapshot(self) -> bytes:
         """The fold state, canonically encoded (sorted), for ``restore``."""
@@ -323,56 +495,51 @@ class Projection:
         projection.assets_of = {name: (base, quote) for name, base, quote in state.assets_of}
         return projection
 
-    def _bucket(self, writes: list[Write], kind: str, values: tuple[object, ...]) -> None:
-        key = (kind, *values)
-        if key not in self._buckets_written:
-            self._buckets_written.add(key)
-            writes.append(Write(kind, values, 0))
+    def _bucket(self, writes: list[Row], row: LedgerBucketRow | SymbolTradeBucketRow | UserTradeBucketRow) -> None:
+        if row not in self._buckets_written:
+            self._buckets_written.add(row)
+            writes.append(row)
 
     # -- balance.events ------------------------------------------------------------------
 
-    def balance_event(self, event: BalanceEvent, writes: list[Write] | None) -> None:
+    def balance_event(self, event: BalanceEvent, writes: list[Row] | None) -> None:
         """Fold ``event`` into the state and, if ``writes`` is a list, append its rows."""
-        kind = type(event)
-        if kind is TradeSettled:
-            self._trade(event, writes)  # type: ignore[arg-type]
-        elif kind is OrderAccepted:
-            self._accepted(event, writes)  # type: ignore[arg-type]
-        elif kind is FundsUnlocked:
-            self._unlocked(event, writes)  # type: ignore[arg-type]
-        elif kind is Deposited or kind is Withdrawn:
-            if writes is not None:
-                self._funds(event, writes)  # type: ignore[arg-type]
-        elif kind is AssetListed:
-            if writes is not None:
-                a: Asset = event.asset  # type: ignore[union-attr,assignment]
-                writes.append(Write("asset", (a.code, a.decimals, event.seq), event.seq))
-        elif kind is SymbolListed:
-            s: Symbol = event.symbol  # type: ignore[union-attr,assignment]
-            self.assets_of[s.name] = (s.base, s.quote)
-            if writes is not None:
-                writes.append(
-                    Write(
-                        "symbol",
-                        (s.name, s.base, s.quote, s.lot, s.tick, s.maker_fee_ppm, s.taker_fee_ppm, event.seq),
-                        event.seq,
+        match event:
+            case TradeSettled():
+                self._trade(event, writes)
+            case OrderAccepted():
+                self._accepted(event, writes)
+            case FundsUnlocked():
+                self._unlocked(event, writes)
+            case Deposited() | Withdrawn():
+                if writes is not None:
+                    self._funds(event, writes)
+            case AssetListed():
+                if writes is not None:
+                    a = event.asset
+                    writes.append(AssetRow(a.code, a.decimals, event.seq))
+            case SymbolListed():
+                s = event.symbol
+                self.assets_of[s.name] = (s.base, s.quote)
+                if writes is not None:
+                    writes.append(
+                        SymbolRow(s.name, s.base, s.quote, s.lot, s.tick, s.maker_fee_ppm, s.taker_fee_ppm, event.seq)
                     )
-                )
-        elif kind is CancelRequested or kind is Rejected:
-            # A cancel request changes nothing until the engine answers (the order may
-            # fill first); a rejection changes nothing at all. Both stay in the log.
-            pass
-        else:  # pragma: no cover - the codec admits only the union's types
-            raise TypeError(f"not a balance event: {kind.__name__}")
+            case CancelRequested() | Rejected():
+                # A cancel request changes nothing until the engine answers (the order may
+                # fill first); a rejection changes nothing at all. Both stay in the log.
+                pass
+            case _:  # pragma: no cover - the codec admits only the union's types
+                raise TypeError(f"not a balance event: {type(event).__name__}")
 
     def _ledger(
         self,
-        writes: list[Write],
+        writes: list[Row],
         user: int,
         asset: str,
         seq: int,
         leg: int,
-        kind: str,
+        kind: LedgerKind,
         change: int,
         available: int,
         locked: int,
@@ -382,32 +549,16 @@ class Projection:
         request_id: int = 0,
     ) -> None:
         bucket = seq // BUCKET_SEQS
-        writes.append(Write("balance", (user, asset, available, locked, seq), seq))
+        writes.append(BalanceRow(user, asset, available, locked, seq))
         writes.append(
-            Write(
-                "ledger",
-                (
-                    user,
-                    asset,
-                    bucket,
-                    seq,
-                    leg,
-                    kind,
-                    change,
-                    available,
-                    locked,
-                    symbol,
-                    order_id,
-                    trade_id,
-                    request_id,
-                ),
-                seq,
+            LedgerRow(
+                user, asset, bucket, seq, leg, kind, change, available, locked, symbol, order_id, trade_id, request_id
             )
         )
-        self._bucket(writes, "ledger_bucket", (user, asset, bucket))
+        self._bucket(writes, LedgerBucketRow(user, asset, bucket))
 
-    def _funds(self, e: Deposited | Withdrawn, writes: list[Write]) -> None:
-        deposit = type(e) is Deposited
+    def _funds(self, e: Deposited | Withdrawn, writes: list[Row]) -> None:
+        deposit = isinstance(e, Deposited)
         self._ledger(
             writes,
             e.user,
@@ -421,7 +572,7 @@ class Projection:
             request_id=e.request_id,
         )
 
-    def _accepted(self, e: OrderAccepted, writes: list[Write] | None) -> None:
+    def _accepted(self, e: OrderAccepted, writes: list[Row] | None) -> None:
         self.filled[e.order_id] = 0
         if writes is None:
             return
@@ -440,39 +591,36 @@ class Projection:
             e.order_id,
             request_id=e.request_id,
         )
+        side = int(e.side)
         writes.append(
-            Write(
-                "order_accepted",
-                (
-                    e.order_id,
-                    e.user,
-                    e.symbol,
-                    int(e.side),
-                    int(e.order_type),
-                    int(e.tif),
-                    e.price,
-                    e.qty,
-                    e.quote_budget,
-                    e.lock_asset,
-                    e.lock_amount,
-                    seq,
-                ),
+            OrderAcceptedRow(
+                e.order_id,
+                e.user,
+                e.symbol,
+                side,
+                int(e.order_type),
+                int(e.tif),
+                e.price,
+                e.qty,
+                e.quote_budget,
+                e.lock_asset,
+                e.lock_amount,
                 seq,
             )
         )
-        writes.append(Write("order_status", (e.order_id, STATUS_OPEN, 0, seq), seq))
-        writes.append(Write("open_order", (e.user, e.order_id, e.symbol, int(e.side), e.price, e.qty, seq), seq))
+        writes.append(OrderStatusRow(e.order_id, STATUS_OPEN, 0, seq))
+        writes.append(OpenOrderRow(e.user, e.order_id, e.symbol, side, e.price, e.qty, seq))
 
-    def _end(self, writes: list[Write], user: int, order_id: int, status: str, seq: int) -> None:
+    def _end(self, writes: list[Row], user: int, order_id: int, status: OrderStatus, seq: int) -> None:
         filled = self.filled.pop(order_id, None)
         if filled is None:
             # Not accepted in the events this projection has folded. The projector folds
             # from seq 1 or a saved state, so only direct use of Projection gets here.
             filled = -1
-        writes.append(Write("order_status", (order_id, status, filled, seq), seq))
-        writes.append(Write("close_order", (user, order_id), seq))
+        writes.append(OrderStatusRow(order_id, status, filled, seq))
+        writes.append(OpenOrderDelete(user, order_id, seq))
 
-    def _trade(self, e: TradeSettled, writes: list[Write] | None) -> None:
+    def _trade(self, e: TradeSettled, writes: list[Row] | None) -> None:
         # Check first: an event that fails must leave the fold state as it was (a state
         # saved with the checkpoint before it would otherwise carry half of it).
         assets = self.assets_of.get(e.symbol)
@@ -508,147 +656,80 @@ class Projection:
             taker_base, taker_quote = e.base_amount - e.taker_fee, -e.quote_amount
             fee_base, fee_quote = e.taker_fee, e.maker_fee
         base, quote = assets
-        led = self._ledger
-        led(
-            writes,
-            e.maker_user,
-            base,
-            seq,
-            0,
-            KIND_TRADE,
-            maker_base,
-            e.maker_base_available,
-            e.maker_base_locked,
-            symbol,
-            e.maker_order_id,
-            trade_id,
+        maker, taker = e.maker_user, e.taker_user
+        maker_order, taker_order = e.maker_order_id, e.taker_order_id
+        # The ledger legs, numbered by their place here (the ``leg`` column): user, asset,
+        # kind, change of the holding, available and locked after, order id. The fee
+        # account's legs exist only when a fee was taken in that asset.
+        legs: tuple[tuple[int, str, LedgerKind, int, int, int, int], ...] = (
+            (maker, base, KIND_TRADE, maker_base, e.maker_base_available, e.maker_base_locked, maker_order),
+            (maker, quote, KIND_TRADE, maker_quote, e.maker_quote_available, e.maker_quote_locked, maker_order),
+            (taker, base, KIND_TRADE, taker_base, e.taker_base_available, e.taker_base_locked, taker_order),
+            (taker, quote, KIND_TRADE, taker_quote, e.taker_quote_available, e.taker_quote_locked, taker_order),
+            (FEE_ACCOUNT_USER, base, KIND_FEE, fee_base, e.fee_base_available, 0, 0),
+            (FEE_ACCOUNT_USER, quote, KIND_FEE, fee_quote, e.fee_quote_available, 0, 0),
         )
-        led(
-            writes,
-            e.maker_user,
-            quote,
-            seq,
-            1,
-            KIND_TRADE,
-            maker_quote,
-            e.maker_quote_available,
-            e.maker_quote_locked,
-            symbol,
-            e.maker_order_id,
-            trade_id,
-        )
-        led(
-            writes,
-            e.taker_user,
-            base,
-            seq,
-            2,
-            KIND_TRADE,
-            taker_base,
-            e.taker_base_available,
-            e.taker_base_locked,
-            symbol,
-            e.taker_order_id,
-            trade_id,
-        )
-        led(
-            writes,
-            e.taker_user,
-            quote,
-            seq,
-            3,
-            KIND_TRADE,
-            taker_quote,
-            e.taker_quote_available,
-            e.taker_quote_locked,
-            symbol,
-            e.taker_order_id,
-            trade_id,
-        )
-        if fee_base:
-            led(
-                writes, FEE_ACCOUNT_USER, base, seq, 4, KIND_FEE, fee_base, e.fee_base_available, 0, symbol, 0, trade_id
-            )
-        if fee_quote:
-            led(
-                writes,
-                FEE_ACCOUNT_USER,
-                quote,
-                seq,
-                5,
-                KIND_FEE,
-                fee_quote,
-                e.fee_quote_available,
-                0,
-                symbol,
-                0,
-                trade_id,
-            )
+        ledger = self._ledger
+        for leg, (user, asset, kind, change, available, locked, order_id) in enumerate(legs):
+            if change or kind != KIND_FEE:
+                ledger(writes, user, asset, seq, leg, kind, change, available, locked, symbol, order_id, trade_id)
         trade_bucket = trade_id // BUCKET_SEQS
+        maker_side = int(e.maker_side)
         writes.append(
-            Write(
-                "trade",
-                (
-                    symbol,
-                    trade_bucket,
-                    trade_id,
-                    seq,
-                    e.engine_seq,
-                    e.price,
-                    qty,
-                    int(e.maker_side),
-                    e.base_amount,
-                    e.quote_amount,
-                    e.maker_user,
-                    e.maker_order_id,
-                    e.maker_fee,
-                    e.taker_user,
-                    e.taker_order_id,
-                    e.taker_fee,
-                    e.taker_refund,
-                ),
+            TradeRow(
+                symbol,
+                trade_bucket,
+                trade_id,
                 seq,
+                e.engine_seq,
+                e.price,
+                qty,
+                maker_side,
+                e.base_amount,
+                e.quote_amount,
+                maker,
+                maker_order,
+                e.maker_fee,
+                taker,
+                taker_order,
+                e.taker_fee,
+                e.taker_refund,
             )
         )
-        self._bucket(writes, "symbol_trade_bucket", (symbol, trade_bucket))
+        self._bucket(writes, SymbolTradeBucketRow(symbol, trade_bucket))
         user_bucket = seq // BUCKET_SEQS
-        maker_side = int(e.maker_side)
         for user, order_id, is_maker, side, fee in (
-            (e.maker_user, e.maker_order_id, True, maker_side, e.maker_fee),
-            (e.taker_user, e.taker_order_id, False, 1 - maker_side, e.taker_fee),
+            (maker, maker_order, True, maker_side, e.maker_fee),
+            (taker, taker_order, False, 1 - maker_side, e.taker_fee),
         ):
             writes.append(
-                Write(
-                    "user_trade",
-                    (
-                        user,
-                        user_bucket,
-                        seq,
-                        symbol,
-                        trade_id,
-                        order_id,
-                        is_maker,
-                        side,
-                        e.price,
-                        qty,
-                        e.base_amount,
-                        e.quote_amount,
-                        fee,
-                    ),
+                UserTradeRow(
+                    user,
+                    user_bucket,
                     seq,
+                    symbol,
+                    trade_id,
+                    order_id,
+                    is_maker,
+                    side,
+                    e.price,
+                    qty,
+                    e.base_amount,
+                    e.quote_amount,
+                    fee,
                 )
             )
-            self._bucket(writes, "user_trade_bucket", (user, user_bucket))
+            self._bucket(writes, UserTradeBucketRow(user, user_bucket))
         for order_id, user, done, order_filled in (
-            (e.maker_order_id, e.maker_user, e.maker_done, maker_filled),
-            (e.taker_order_id, e.taker_user, e.taker_done, taker_filled),
+            (maker_order, maker, e.maker_done, maker_filled),
+            (taker_order, taker, e.taker_done, taker_filled),
         ):
             if done:
                 self._end(writes, user, order_id, STATUS_FILLED, seq)
             else:
-                writes.append(Write("order_status", (order_id, STATUS_OPEN, order_filled, seq), seq))
+                writes.append(OrderStatusRow(order_id, STATUS_OPEN, order_filled, seq))
 
-    def _unlocked(self, e: FundsUnlocked, writes: list[Write] | None) -> None:
+    def _unlocked(self, e: FundsUnlocked, writes: list[Row] | None) -> None:
         if writes is None:
             self.filled.pop(e.order_id, None)
             return
@@ -663,21 +744,19 @@ class Projection:
     # -- engine.outputs -----------------------------------------------------------------
 
     @staticmethod
-    def engine_output(output: EngineOutput, writes: list[Write]) -> None:
+    def engine_output(output: EngineOutput, writes: list[Row]) -> None:
         """Append the rows of one engine output (the engine's view of an order)."""
-        kind = type(output)
-        if kind is OrderRested:
-            r: OrderRested = output  # type: ignore[assignment]
-            writes.append(Write("order_rested", (r.order_id, r.qty_remaining, r.seq), r.seq))
-        elif kind is OrderCancelled or kind is OrderExpired or kind is OrderRejected:
-            end: OrderCancelled = output  # type: ignore[assignment]
-            # A cancel that lost the race with the order's end (UNKNOWN_ORDER) says nothing
-            # about the order, which ended otherwise; nor does a rejected reuse of its id.
-            if kind is not OrderRejected or end.reason not in _NOT_AN_ORDER_END:
-                writes.append(Write("order_ended", (end.order_id, end.reason, end.seq), end.seq))
-        elif kind is Trade:
-            # Trades are projected once, settled, from balance.events (with amounts and
-            # fees); the engine's copy adds nothing a reader needs.
-            pass
-        else:  # pragma: no cover
-            raise TypeError(f"not an engine output: {kind.__name__}")
+        match output:
+            case OrderRested():
+                writes.append(OrderRestedRow(output.order_id, output.qty_remaining, output.seq))
+            case OrderCancelled() | OrderExpired() | OrderRejected():
+                # A cancel that lost the race with the order's end (UNKNOWN_ORDER) says nothing
+                # about the order, which ended otherwise; nor does a rejected reuse of its id.
+                if not isinstance(output, OrderRejected) or output.reason not in _NOT_AN_ORDER_END:
+                    writes.append(OrderEndedRow(output.order_id, output.reason, output.seq))
+            case Trade():
+                # Trades are projected once, settled, from balance.events (with amounts and
+                # fees); the engine's copy adds nothing a reader needs.
+                pass
+            case _:  # pragma: no cover
+                raise TypeError(f"not an engine output: {type(output).__name__}")

@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -46,7 +46,7 @@ from ledger.gctune import relaxed_gc
 from ledger.logs import layout
 from ledger.logs.base import Log
 from ledger.protocol.codec import EVENTS, OUTPUTS, DecodeError
-from settlement.model import Projection, ProjectionError, Write
+from settlement.model import Projection, ProjectionError, Row
 from settlement.store import FAULT_CONFLICT, FAULT_GAP, FAULT_MALFORMED, Checkpoint, Fault, SavedState, Store
 
 log = logging.getLogger("settlement")
@@ -77,8 +77,10 @@ HALT = "halt"
 REFETCH = "refetch"
 POLICIES = (HALT, REFETCH)
 
-BALANCE = "balance"
-ENGINE = "engine"
+# What a stream holds (``Source.kind``).
+StreamKind = Literal["balance", "engine"]
+BALANCE: Final = "balance"
+ENGINE: Final = "engine"
 
 
 def now_ms() -> int:
@@ -91,8 +93,8 @@ class Source(msgspec.Struct, frozen=True):
     is a balance.events stream (``"balance"``) or a symbol's engine.outputs (``"engine"``)."""
 
     stream: str
-    log: Any
-    kind: str
+    log: Log
+    kind: StreamKind
     # For an engine stream: its symbol; an output of another symbol is malformed.
     symbol: str = ""
 
@@ -284,7 +286,7 @@ class Projector:
         balance = source.kind == BALANCE
         decode = EVENTS.decode if balance else OUTPUTS.decode
         projection = stream.projection
-        writes: list[Write] = []
+        writes: list[Row] = []
         report = stream.report
         window, window_order = stream.window, stream.window_order
         fault: Fault | None = None
@@ -370,7 +372,7 @@ class Projector:
             self._after_fault(stream, fault)
         return True
 
-    def _flush(self, stream: _Stream, writes: list[Write], save_state: bool = True) -> None:
+    def _flush(self, stream: _Stream, writes: list[Row], save_state: bool = True) -> None:
         if stream.folded <= stream.applied:
             return
         checkpoint = Checkpoint(stream.source.stream, stream.folded, stream.next_offset)
@@ -463,13 +465,15 @@ def kafka_sources(
 
 
 __all__ = [
-    "kafka_sources",
+    "BALANCE",
+    "ENGINE",
     "HALT",
     "REFETCH",
-    "Log",
     "ProjectionReport",
     "Projector",
     "Source",
     "StreamReport",
+    "StreamKind",
     "file_sources",
+    "kafka_sources",
 ]

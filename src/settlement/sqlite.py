@@ -18,8 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from settlement.model import DELETE, IMMUTABLE, TABLES, VERSIONED, WRITE_KINDS, Table, Write
-from settlement.store import Checkpoint, Fault, SavedState, StoreError, resolvable
+from msgspec.structs import astuple
+
+from settlement.model import ROW_TYPES, TABLES, Delete, Row, Table, VersionedRow
+from settlement.store import Checkpoint, Fault, KeyValue, SavedState, StoreError, resolvable
 
 _SQL_TYPES = {"bigint": "INTEGER", "int": "INTEGER", "boolean": "INTEGER", "text": "TEXT", "varint": "TEXT"}
 
@@ -35,7 +37,7 @@ def _q(name: str) -> str:
 # tombstone (the row with ``_deleted_at`` = the delete's version) that an older write
 # cannot bring back, exactly as a CQL tombstone with its timestamp does. Reads skip
 # tombstones; they are kept (one small row per deleted key).
-_TOMBSTONED = frozenset(k.table for k in WRITE_KINDS.values() if k.mode == DELETE)
+_TOMBSTONED = frozenset(t.TABLE for t in ROW_TYPES if issubclass(t, Delete))
 _DELETED = '"_deleted_at"'
 
 
@@ -48,39 +50,41 @@ def _create_table(table: Table) -> str:
 
 
 class _Statement:
-    __slots__ = ("sql", "varint_positions", "with_version")
+    __slots__ = ("sql", "varint_positions")
 
-    def __init__(self, sql: str, varint_positions: tuple[int, ...], with_version: bool = False) -> None:
+    def __init__(self, sql: str, varint_positions: tuple[int, ...]) -> None:
         self.sql = sql
+        # Where the row's amounts are among its values (stored as decimal TEXT).
         self.varint_positions = varint_positions
-        self.with_version = with_version
 
 
-def _statement(kind_name: str) -> _Statement:
-    kind = WRITE_KINDS[kind_name]
-    table = TABLES[kind.table]
+def _statement(row_type: type[Row]) -> _Statement:
+    """The statement that writes a row of ``row_type``; its parameters are the row's
+    values in field order."""
+    table = TABLES[row_type.TABLE]
     types = {c.name: c.type for c in table.columns}
     key = (*table.partition, *table.clustering)
-    varints = tuple(i for i, c in enumerate(kind.columns) if types[c] == "varint")
+    fields = row_type.__struct_fields__
+    varints = tuple(i for i, f in enumerate(fields) if types.get(f) == "varint")
     t = _q(table.name)
     conflict = f"ON CONFLICT ({', '.join(_q(c) for c in key)})"
-    if kind.mode == DELETE:
-        # The tombstone takes the delete's version, appended after the key values.
+    if issubclass(row_type, Delete):
+        # The tombstone takes the delete's version, the field after the key values.
         names = ", ".join(_q(c) for c in key)
         marks = ", ".join("?" for _ in key)
         sql = (
             f"INSERT INTO {t} ({names}, {_DELETED}) VALUES ({marks}, ?) {conflict} DO UPDATE SET "
             f"{_DELETED} = excluded.{_DELETED} WHERE {t}.{_DELETED} IS NULL OR excluded.{_DELETED} > {t}.{_DELETED}"
         )
-        return _Statement(sql, varints, with_version=True)
-    names = ", ".join(_q(c) for c in kind.columns)
-    marks = ", ".join("?" for _ in kind.columns)
-    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in kind.columns if c not in key)
+        return _Statement(sql, varints)
+    names = ", ".join(_q(c) for c in fields)
+    marks = ", ".join("?" for _ in fields)
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in fields if c not in key)
     sql = f"INSERT INTO {t} ({names}) VALUES ({marks}) {conflict} "
     if not updates:
         sql += "DO NOTHING"
-    elif kind.mode == VERSIONED:
-        v = _q(kind.version_column or "")
+    elif issubclass(row_type, VersionedRow):
+        v = _q(row_type.VERSION)
         newer = f"(excluded.{v} >= {t}.{v} OR {t}.{v} IS NULL)"
         if table.name in _TOMBSTONED:
             # A write newer than the row's delete brings it back; an older one does not.
@@ -91,7 +95,8 @@ def _statement(kind_name: str) -> _Statement:
         else:
             sql += f"DO UPDATE SET {updates} WHERE {newer}"
     else:
-        assert kind.mode == IMMUTABLE and table.name not in _TOMBSTONED
+        # An ImmutableRow: re-writing it writes the same values.
+        assert table.name not in _TOMBSTONED
         sql += f"DO UPDATE SET {updates}"
     return _Statement(sql, varints)
 
@@ -112,7 +117,7 @@ class SQLiteStore:
             raise StoreError(f"{self.name}: cannot open: {error}") from None
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._statements = {name: _statement(name) for name in WRITE_KINDS}
+        self._statements = {row_type: _statement(row_type) for row_type in ROW_TYPES}
         self.setup()
 
     def setup(self) -> None:
@@ -145,22 +150,22 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else SavedState(row[0], row[1], row[2], bytes(row[3]))
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
+    def commit(self, writes: Sequence[Row], checkpoint: Checkpoint, state: bytes | None = None) -> None:
         db = self._db
         statements = self._statements
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for write in writes:
-                    st = statements[write.kind]
-                    values = write.values
+                for row in writes:
+                    st = statements[type(row)]
+                    values = astuple(row)
                     if st.varint_positions:
-                        values = list(values)  # type: ignore[assignment]
+                        text = list(values)
                         for i in st.varint_positions:
-                            values[i] = str(values[i])  # type: ignore[index]
-                    if st.with_version:
-                        values = (*values, write.version)
-                    db.execute(st.sql, values)
+                            text[i] = str(text[i])
+                        db.execute(st.sql, text)
+                    else:
+                        db.execute(st.sql, values)
                 db.execute(
                     'INSERT INTO "stream_checkpoints" ("stream", "seq", "next_offset") VALUES (?, ?, ?) '
                     'ON CONFLICT ("stream") DO UPDATE SET "seq" = excluded."seq", '
@@ -233,7 +238,7 @@ class SQLiteStore:
         return out
 
     def rows(
-        self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None
+        self, table: str, key: dict[str, KeyValue], limit: int, before: tuple[KeyValue, ...] | None = None
     ) -> list[dict[str, Any]]:
         t = TABLES[table]
         names = ", ".join(_q(c.name) for c in t.columns)

@@ -18,16 +18,15 @@ from typing import Any, Protocol
 
 import msgspec
 
-from settlement.model import TABLES, Write, bucket_of
-
-# The projector's own tables, in the same notation as settlement.model.TABLES.
-CHECKPOINT_COLUMNS = ("stream", "seq", "next_offset")
-FAULT_COLUMNS = ("stream", "expected", "kind", "received", "detail", "first_seen_ms", "resolved")
+from settlement.model import TABLES, Row, bucket_of
 
 # Fault kinds (the ``sequence_gaps.kind`` column).
 FAULT_GAP = "gap"  # seq > last + 1 (a log starting after seq 1 is one too)
 FAULT_CONFLICT = "conflict"  # a seq seen again with a different payload
 FAULT_MALFORMED = "malformed"  # a record that does not decode, or contradicts the stream
+
+# A value of a key column (``rows``' partition key and ``before``).
+KeyValue = int | str
 
 # How many rows one query page returns at most, whatever the caller asks.
 PAGE_ROWS_MAX = 1_000
@@ -109,7 +108,7 @@ class Store(Protocol):
         """The stream's checkpoint, or None if nothing was applied yet."""
         ...
 
-    def commit(self, writes: Sequence[Write], checkpoint: Checkpoint, state: bytes | None = None) -> None:
+    def commit(self, writes: Sequence[Row], checkpoint: Checkpoint, state: bytes | None = None) -> None:
         """Apply ``writes``, then (only once they all succeeded) store ``checkpoint``, and
         with it ``state``: the projector's fold state at the checkpoint, if given."""
         ...
@@ -137,7 +136,7 @@ class Store(Protocol):
         ...
 
     def rows(
-        self, table: str, key: dict[str, Any], limit: int, before: tuple[Any, ...] | None = None
+        self, table: str, key: dict[str, KeyValue], limit: int, before: tuple[KeyValue, ...] | None = None
     ) -> list[dict[str, Any]]:
         """Rows of one partition of ``table``, newest first (clustering descending), at
         most ``limit``; with ``before``, only rows whose clustering key is below it."""
@@ -179,9 +178,9 @@ class Queries:
         self,
         buckets_table: str,
         table: str,
-        key: dict[str, Any],
+        key: dict[str, KeyValue],
         limit: int,
-        before: tuple[Any, ...] | None,
+        before: tuple[KeyValue, ...] | None,
         bucket_of_before: int | None,
     ) -> list[dict[str, Any]]:
         limit = _clamp(limit)
