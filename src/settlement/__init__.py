@@ -23,7 +23,12 @@ from settlement.verify import VerifyReport, verify_store
 
 def open_store(url: str, **options: Any) -> Store:
     """Open a store from ``sqlite:PATH`` (``sqlite::memory:`` for a throwaway one) or
-    ``cql://HOST[:PORT][/KEYSPACE]``; ``options`` go to the store's constructor."""
+    ``cql://HOST[:PORT][/KEYSPACE]``; ``options`` go to the store's constructor. A CQL
+    store's credentials and TLS come from ``LEDGER_CQL_*`` variables
+    (``settlement.cql.connection_options``), never from the URL."""
+    if "@" in url and not url.startswith("sqlite:"):
+        raise ValueError("store URL: credentials inside the URL are refused (set LEDGER_CQL_USERNAME and "
+                         "LEDGER_CQL_PASSWORD); the URL is not repeated here")
     if url.startswith("sqlite:"):
         from settlement.sqlite import SQLiteStore
 
@@ -33,10 +38,10 @@ def open_store(url: str, **options: Any) -> Store:
         return SQLiteStore(path, **options)
     match = re.match(r"^cql://([^:/]+)(?::(\d+))?(?:/([a-z][a-z0-9_]*))?$", url)
     if match:
-        from settlement.cql import KEYSPACE_DEFAULT, CqlStore
+        from settlement.cql import KEYSPACE_DEFAULT, CqlStore, connection_options
 
         host, port, keyspace = match.groups()
-        return CqlStore((host,), int(port or 9042), keyspace or KEYSPACE_DEFAULT, **options)
+        return CqlStore((host,), int(port or 9042), keyspace or KEYSPACE_DEFAULT, **connection_options(), **options)
     raise ValueError(f"store {url!r}: use sqlite:PATH or cql://HOST:PORT/KEYSPACE")
 
 

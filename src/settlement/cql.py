@@ -19,10 +19,11 @@ cassandra-driver is imported only here.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from msgspec.structs import astuple
@@ -54,6 +55,78 @@ KEYSPACE_DEFAULT = "trading"
 
 _CQL_TYPES = {"bigint": "bigint", "int": "int", "boolean": "boolean", "text": "text", "varint": "varint"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+# Replication: the strategies a keyspace may name, and the shape of a data centre's name.
+# Nothing from a caller reaches CREATE KEYSPACE without passing these.
+REPLICATION_CLASSES = frozenset(
+    {
+        "SimpleStrategy",
+        "NetworkTopologyStrategy",
+        "org.apache.cassandra.locator.SimpleStrategy",
+        "org.apache.cassandra.locator.NetworkTopologyStrategy",
+    }
+)
+REPLICATION_FACTOR_MAX = 32
+_DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+# Connection settings come from the environment, never from a URL or the command line:
+# a user and password (PasswordAuthenticator) and TLS (a CA bundle to verify the nodes,
+# optionally a client certificate and key).
+ENV_USERNAME = "LEDGER_CQL_USERNAME"
+ENV_PASSWORD = "LEDGER_CQL_PASSWORD"
+ENV_SSL_CA = "LEDGER_CQL_SSL_CA"
+ENV_SSL_CERT = "LEDGER_CQL_SSL_CERT"
+ENV_SSL_KEY = "LEDGER_CQL_SSL_KEY"
+
+
+def check_replication(replication: Mapping[str, Any]) -> str:
+    """The CQL text of a validated replication map: a known strategy class, and for each
+    data centre (or ``replication_factor``) a whole factor in 1..REPLICATION_FACTOR_MAX."""
+    strategy = replication.get("class")
+    if strategy not in REPLICATION_CLASSES:
+        raise ValueError(f"replication class {strategy!r}: use one of {', '.join(sorted(REPLICATION_CLASSES))}")
+    parts = [f"'class': '{strategy}'"]
+    factors = {k: v for k, v in replication.items() if k != "class"}
+    if not factors:
+        raise ValueError("replication: no replication_factor or data centre given")
+    for key, value in sorted(factors.items()):
+        if not isinstance(key, str) or not _DATACENTER.match(key):
+            raise ValueError(f"replication: {key!r} is not a data centre name")
+        if strategy.endswith("SimpleStrategy") and key != "replication_factor":
+            raise ValueError(f"replication: SimpleStrategy takes only replication_factor, not {key!r}")
+        factor = int(value) if isinstance(value, str) and value.isdigit() else value
+        if type(factor) is not int or not 1 <= factor <= REPLICATION_FACTOR_MAX:
+            raise ValueError(f"replication: {key} = {value!r} is not a factor in 1..{REPLICATION_FACTOR_MAX}")
+        parts.append(f"'{key}': {factor}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def connection_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The driver's ``auth_provider`` and ``ssl_context`` from the ``LEDGER_CQL_*``
+    variables (empty when none is set). A password is never put in an error."""
+    env = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    username, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
+    if (username is None) != (password is None):
+        raise StoreError(f"cql: set both {ENV_USERNAME} and {ENV_PASSWORD}, or neither")
+    if username is not None:
+        from cassandra.auth import PlainTextAuthProvider
+
+        options["auth_provider"] = PlainTextAuthProvider(username=username, password=password)
+    ca, cert, key = env.get(ENV_SSL_CA), env.get(ENV_SSL_CERT), env.get(ENV_SSL_KEY)
+    if (cert is None) != (key is None):
+        raise StoreError(f"cql: set both {ENV_SSL_CERT} and {ENV_SSL_KEY}, or neither")
+    if ca is not None or cert is not None:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=ca)
+            if cert is not None:
+                context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as error:
+            raise StoreError(f"cql: TLS settings ({ENV_SSL_CA}, {ENV_SSL_CERT}, {ENV_SSL_KEY}): {error}") from None
+        options["ssl_context"] = context
+    return options
 
 
 def _q(name: str) -> str:
@@ -89,6 +162,9 @@ class CqlStore:
         tablets: bool | None = None,
         in_flight_max: int = IN_FLIGHT_MAX,
         consistency: str = "LOCAL_QUORUM",
+        create: bool = True,
+        auth_provider: Any = None,
+        ssl_context: Any = None,
     ) -> None:
         if not _NAME.match(keyspace):
             raise ValueError(f"keyspace {keyspace!r}: lower-case letters, digits and _, at most 48")
@@ -100,14 +176,21 @@ class CqlStore:
         self.name = f"cql://{hosts[0]}:{port}/{keyspace}"
         self.keyspace = keyspace
         self.in_flight_max = in_flight_max
-        self._replication = replication or {"class": "SimpleStrategy", "replication_factor": 1}
+        self._replication = check_replication(replication or {"class": "SimpleStrategy", "replication_factor": 1})
         self._tablets = tablets
         self._consistency = getattr(ConsistencyLevel, consistency)
         try:
-            self._cluster = Cluster(list(hosts), port=port, protocol_version=4, connect_timeout=10)
+            self._cluster = Cluster(
+                list(hosts),
+                port=port,
+                protocol_version=4,
+                connect_timeout=10,
+                auth_provider=auth_provider,
+                ssl_context=ssl_context,
+            )
             self._session = self._cluster.connect()
         except Exception as error:  # noqa: BLE001 - the driver raises several unrelated types
-            raise StoreError(f"{self.name}: cannot connect: {error}") from None
+            raise StoreError(f"{self.name}: cannot connect: {type(error).__name__}: {error}") from None
         self._session.default_timeout = REQUEST_TIMEOUT_S
         # Per row type: its prepared statement, where its version is among its values, and
         # whether it is a delete.
@@ -119,16 +202,27 @@ class CqlStore:
         )
         self._writer: threading.Thread | None = None
         self._failure: StoreError | None = None
-        self.setup()
+        if create:
+            self.setup()
+        else:
+            self._check_projection()
+            self._prepare()
+
+    def _check_projection(self) -> None:
+        """For a store opened only to read: the keyspace must hold a projection already."""
+        existing = self._session.cluster.metadata.keyspaces.get(self.keyspace)
+        needed = {*TABLES, "stream_checkpoints", "projector_states", "sequence_gaps"}
+        missing = sorted(needed - set(existing.tables if existing is not None else ()))
+        if missing:
+            self._cluster.shutdown()
+            what = "does not exist" if existing is None else f"is not a projection (no table {missing[0]})"
+            raise StoreError(f"{self.name}: keyspace {self.keyspace} {what}; nothing was created")
 
     # -- schema -------------------------------------------------------------------------
 
     def setup(self) -> None:
         ks = self.keyspace
-        replication = ", ".join(
-            f"'{k}': {v}" if isinstance(v, int) else f"'{k}': '{v}'" for k, v in self._replication.items()
-        )
-        sql = f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{{replication}}}"
+        sql = f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {self._replication}"
         if self._tablets is not None:
             sql += f" AND tablets = {{'enabled': {'true' if self._tablets else 'false'}}}"
         run = self._session.execute

@@ -275,13 +275,14 @@ def _check_store_to_read(url: str) -> None:
 
 
 def _open_store(url: str) -> Any:
+    """A store that must already hold a projection: reading creates nothing."""
     from settlement import open_store
 
     file = _sqlite_path(url)
     if file is not None:
         _check_sqlite_file(file)
     try:
-        return open_store(url)
+        return open_store(url) if file is not None else open_store(url, create=False)
     except sqlite3.Error as error:
         raise CliError(f"store {url}: {error}") from None
 
