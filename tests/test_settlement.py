@@ -577,6 +577,24 @@ def test_a_restart_reads_on_from_the_saved_state_and_writes_the_same_rows(new_st
     assert verify_store(store, events).ok
 
 
+def test_a_restart_on_a_log_missing_an_event_below_the_saved_state_reports_that_gap(new_store: StoreFactory) -> None:
+    """The resume is judged by seq: a log that lost an event before the saved state puts
+    other records at the saved offset, so the stream folds from the start and finds the
+    real gap (not a gap at the saved state's next seq, which is present)."""
+    events, outputs = workload_logs(seed=9, orders=600)
+    values = records(events)
+    cut = len(values) * 2 // 3
+    store = new_store()
+    assert Projector(store, sources(log_of("balance.events", values[:cut]), outputs), state_every_events=100).run().ok
+    saved = store.load_state("balance.events")
+    assert saved is not None and saved.seq > 300
+    lost = 150  # an offset well below the saved state
+    report = project_faulty(store, values[:lost] + values[lost + 1 :], outputs, state_every_events=100)
+    assert report.streams[0].halted and report.streams[0].restored_from_seq == 0
+    (fault,) = store.faults()
+    assert (fault.kind, fault.missing) == ("gap", (seq_of(values[lost]), seq_of(values[lost])))
+
+
 def test_an_unreadable_saved_state_is_refused_and_the_stream_folds_from_the_start(tmp_path) -> None:
     from settlement.store import Checkpoint
 

@@ -44,7 +44,7 @@ import msgspec
 
 from ledger.gctune import relaxed_gc
 from ledger.logs import layout
-from ledger.logs.base import Log
+from ledger.logs.base import Log, LogError
 from ledger.protocol.codec import EVENTS, OUTPUTS, DecodeError
 from settlement.model import Projection, ProjectionError, Row
 from settlement.store import FAULT_CONFLICT, FAULT_GAP, FAULT_MALFORMED, Checkpoint, Fault, SavedState, Store
@@ -212,8 +212,38 @@ class Projector:
 
     def _new_stream(self, source: Source) -> _Stream:
         store = self.store
-        stream = source.stream
-        return _Stream(source, store.checkpoint(stream), store.load_state(stream), stream in self._open_gap_streams)
+        name = source.stream
+        stream = _Stream(source, store.checkpoint(name), store.load_state(name), name in self._open_gap_streams)
+        if stream.state_seq and not self._resumes_at_its_seq(stream):
+            log.warning(
+                "stream %s: the record before offset %d is not seq %d in this log; folding from the start",
+                name,
+                stream.next_offset,
+                stream.state_seq,
+            )
+            stream.projection = Projection()
+            stream.folded = stream.state_seq = stream.next_offset = stream.report.restored_from_seq = 0
+        return stream
+
+    def _resumes_at_its_seq(self, stream: _Stream) -> bool:
+        """Whether the saved offset still follows the saved seq in this log: a resume is
+        judged by seq, because a log rewritten or repaired since (or another log under
+        the same name) puts other records at the same offsets."""
+        log_, offset = stream.source.log, stream.next_offset
+        # Kafka leaves holes (transaction markers): the last record is a little way back.
+        start = max(offset - 64, 0)
+        try:
+            batch = log_.read(start, offset - start)
+        except LogError:
+            return False
+        values = [raw for o, raw in zip(batch.offsets, batch.values, strict=True) if o < offset]
+        if not values:
+            return False
+        decode = EVENTS.decode if stream.source.kind == BALANCE else OUTPUTS.decode
+        try:
+            return decode(values[-1]).seq == stream.state_seq
+        except DecodeError:
+            return False
 
     def _discover(self) -> None:
         assert self.discover is not None
