@@ -76,3 +76,47 @@ def test_restore_refuses_a_snapshot_with_a_narrow_account() -> None:
     raw["state"]["accounts"][0][1] = raw["state"]["accounts"][0][1][:2]
     with pytest.raises(SnapshotError, match="wide"):
         restore(msgspec.json.encode(raw))
+
+
+def test_evolve_dispatches_every_balance_event_type_to_its_own_handler() -> None:
+    from ledger.protocol.events import BALANCE_EVENT_TYPES
+    from ledger.ubscore.evolution import _EVOLVE
+
+    assert set(_EVOLVE) == set(BALANCE_EVENT_TYPES)
+    assert len(set(_EVOLVE.values())) == len(_EVOLVE)
+
+
+def test_a_replayed_core_skips_outputs_its_events_already_settled() -> None:
+    """The engine position after a replay is what the events record: an output settled
+    before the restart is not settled again, and the next one is."""
+    from ledger.logs.base import MemoryLog
+    from ledger.protocol.codec import EVENTS
+    from ledger.protocol.outputs import Trade
+    from ledger.rebuild import replay
+
+    core = UBSCore()
+    listing = [ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)),
+               ListSymbol(3, Symbol("BTC-USDT", "BTC", "USDT", lot=10**5, tick=10, maker_fee_ppm=0, taker_fee_ppm=0))]
+    commands = [*listing, Deposit(1, 1, "USDT", 10**9), Deposit(2, 1, "BTC", 10**8),
+                PlaceOrder(1, 2, "BTC-USDT", Side.BUY, qty=2, price=100),
+                PlaceOrder(2, 2, "BTC-USDT", Side.SELL, qty=2, price=100)]
+    events = [e for offset, command in enumerate(commands) for e in core.execute(command, offset)]
+    buy, sell = sorted(core.state.orders)
+    trade = Trade(1, "BTC-USDT", 7, 1, 100, 1, Side.BUY, 1, buy, 2, sell, 100, False, False)
+    events += core.settle(trade)
+    log = MemoryLog()
+    log.append([EVENTS.encode(e) for e in events])
+    rebuilt = replay(log)
+    assert rebuilt.state_hash() == core.state_hash()
+    assert rebuilt.settle(trade) == []
+    assert rebuilt.settle(msgspec.structs.replace(trade, seq=2, trade_id=2))
+
+
+def test_decide_dispatches_every_command_and_output_type() -> None:
+    from ledger.protocol.commands import COMMAND_TYPES
+    from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES
+    from ledger.ubscore.decision import _DECIDE_COMMAND, _DECIDE_OUTPUT
+
+    assert set(_DECIDE_COMMAND) == set(COMMAND_TYPES)
+    assert set(_DECIDE_OUTPUT) == set(ENGINE_OUTPUT_TYPES)
+    assert len(set(_DECIDE_OUTPUT.values())) == len(_DECIDE_OUTPUT)

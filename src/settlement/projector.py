@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -481,16 +481,23 @@ def file_sources(directory: str | Path, skip: set[str] | frozenset[str] = frozen
 
 
 def kafka_sources(
-    bootstrap: str, balance_topic: str, engine_topics: dict[str, str], partition: int = 0
+    bootstrap: str,
+    balance_topic: str,
+    engine_topics: dict[str, str],
+    partition: int = 0,
+    client_config: Mapping[str, str] | None = None,
 ) -> list[Source]:
     """The streams of Kafka topics: ``balance_topic`` (one UBSCore shard's partition) and
-    one topic per symbol in ``engine_topics`` (symbol -> topic)."""
+    one topic per symbol in ``engine_topics`` (symbol -> topic). ``client_config`` holds
+    the connection settings (``ledger.logs.kafka.load_client_config``)."""
     from ledger.logs.kafka import KafkaLog
 
-    sources = [Source(balance_topic, KafkaLog(bootstrap, balance_topic, partition), BALANCE)]
+    def open_log(topic: str) -> KafkaLog:
+        return KafkaLog(bootstrap, topic, partition, client_config=client_config)
+
+    sources = [Source(balance_topic, open_log(balance_topic), BALANCE)]
     for symbol in sorted(engine_topics):
-        topic = engine_topics[symbol]
-        sources.append(Source(layout.output_stream(symbol), KafkaLog(bootstrap, topic, partition), ENGINE, symbol))
+        sources.append(Source(layout.output_stream(symbol), open_log(engine_topics[symbol]), ENGINE, symbol))
     return sources
 
 

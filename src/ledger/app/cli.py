@@ -452,7 +452,9 @@ def _sources(args: argparse.Namespace) -> list[Any]:
             raise CliError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
         topics[symbol] = topic
     assert kafka is not None
-    return kafka_sources(kafka, args.topic, topics, args.partition)
+    from ledger.logs.kafka import load_client_config
+
+    return kafka_sources(kafka, args.topic, topics, args.partition, client_config=load_client_config())
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from ledger.protocol.codec import COMMANDS, DecodeError, check_command
 from ledger.protocol.commands import Command
-from ledger.protocol.events import BalanceEvent, FundsUnlocked, TradeSettled
+from ledger.protocol.events import BalanceEvent
 from ledger.protocol.limits import COMMAND_BYTES_MAX
 from ledger.protocol.outputs import EngineOutput
 from ledger.ubscore.decision import decide_command, decide_output, reject_malformed
@@ -40,9 +40,11 @@ class UBSCore:
 
     def __init__(self, state: State | None = None) -> None:
         self.state = state if state is not None else State()
-        # Last engine seq consumed per symbol, including outputs that produced no event
-        # (not part of the replayed state: after a restart those are re-read, harmlessly).
-        self.engine_cursor: dict[str, int] = dict(self.state.last_engine_seq)
+        # Per symbol, the last engine seq settled here, counting outputs that produced no
+        # event (not part of the replayed state; after a restart those are re-read,
+        # harmlessly). The state's last_engine_seq is what the events record; the
+        # position of a symbol's stream is the larger of the two.
+        self.engine_cursor: dict[str, int] = {}
 
     def execute(self, command: Command, input_offset: int) -> list[BalanceEvent]:
         """decide + evolve for one command; returns its one event. A command that breaks
@@ -80,21 +82,20 @@ class UBSCore:
     def settle(self, output: EngineOutput) -> list[BalanceEvent]:
         """decide + evolve for one engine output; a repeat of an output already settled
         returns [] and a gap raises SequenceError (never skipped)."""
-        last = self.engine_cursor.get(output.symbol, 0)
+        symbol = output.symbol
+        last = max(self.engine_cursor.get(symbol, 0), self.state.last_engine_seq.get(symbol, 0))
         if output.seq <= last:
             return []
         if output.seq != last + 1:
             raise SequenceError(f"engine output {output.symbol}#{output.seq}: missing {last + 1}..{output.seq - 1}")
         events = decide_output(self.state, output)
         evolve_all(self.state, events)
-        self.engine_cursor[output.symbol] = output.seq
+        self.engine_cursor[symbol] = output.seq
         return events
 
     def apply(self, event: BalanceEvent) -> None:
-        """Replay one event (evolve), keeping the engine cursor in step."""
+        """Replay one event (evolve)."""
         evolve(self.state, event)
-        if isinstance(event, (TradeSettled, FundsUnlocked)):
-            self.engine_cursor[event.symbol] = event.engine_seq
 
     def apply_all(self, events: Iterable[BalanceEvent]) -> None:
         """Replay many events."""
