@@ -19,6 +19,10 @@ def type_name(annotation: object) -> str:
     text = repr(annotation)
     if "Meta(ge=-9223372036854775808, le=9223372036854775807)" in text:
         return "int64"
+    if "Meta(gt=0, le=9223372036854775807)" in text:
+        return "int64 > 0"
+    if "Meta(ge=0, le=9223372036854775807)" in text:
+        return "int64 >= 0"
     if "Union" in text and "None" in text:
         return "Command or None"
     if "Meta(gt=0)" in text:

@@ -242,3 +242,22 @@ def test_an_id_beyond_64_bits_in_an_event_is_a_decode_error_and_a_recorded_fault
     report = Projector(store, [Source("balance.events", events, "balance")]).run()
     (fault,) = store.faults()
     assert fault.stream == "balance.events" and report.streams[0].halted
+
+
+def test_the_live_path_decides_on_what_the_log_holds_so_it_answers_as_the_stage_does() -> None:
+    """An int subclass (an IntEnum member, a caller's own int type) keeps the schema once
+    encoded; the live path decides on the decoded command, so its answer and state equal
+    those of a stage reading the same bytes."""
+    from enum import IntEnum
+
+    class N(IntEnum):
+        FIVE = 5
+
+    for command in (Deposit(7, 1, "USDT", N.FIVE), PlaceOrder(7, 2, "BTC-USDT", Side.BUY, qty=N.FIVE, price=N.FIVE)):
+        live, stage = _listed_core(), _listed_core()
+        live.execute(Deposit(7, 9, "USDT", 10**9), 3)
+        stage.execute(Deposit(7, 9, "USDT", 10**9), 3)
+        (answer,) = live.execute(command, 4)
+        assert [answer] == stage.execute_record(COMMANDS.encode(command), 4)
+        assert not isinstance(answer, Rejected)
+        assert live.state_hash() == stage.state_hash()

@@ -109,3 +109,20 @@ def test_reading_commands_on_a_mistyped_keyspace_create_nothing(cassandra_sessio
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert keyspace not in {row.keyspace_name for row in cassandra_session.execute(
         "SELECT keyspace_name FROM system_schema.keyspaces")}
+
+
+@pytest.mark.cassandra
+def test_ledger_project_creates_a_fresh_keyspace_and_gaps_then_reads_it(cassandra_session, tmp_path) -> None:
+    from ledger.app.demo import run_demo
+    from ledger.logs.file import FsyncPolicy
+
+    run_demo(tmp_path / "demo", users=20, orders=300, progress=False, fsync=FsyncPolicy.NEVER)
+    keyspace = f"fresh_{uuid.uuid4().hex[:10]}"
+    url = f"cql://127.0.0.1:{CASSANDRA_PORT}/{keyspace}"
+    try:
+        for argv in (["project", "--log", str(tmp_path / "demo"), "--store", url], ["gaps", "--store", url]):
+            done = subprocess.run([sys.executable, "-m", "ledger.app.cli", *argv], capture_output=True, text=True,
+                                  timeout=180, env=dict(os.environ))
+            assert done.returncode == 0, done.stderr
+    finally:
+        cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")

@@ -120,3 +120,15 @@ def test_decide_dispatches_every_command_and_output_type() -> None:
     assert set(_DECIDE_COMMAND) == set(COMMAND_TYPES)
     assert set(_DECIDE_OUTPUT) == set(ENGINE_OUTPUT_TYPES)
     assert len(set(_DECIDE_OUTPUT.values())) == len(_DECIDE_OUTPUT)
+
+
+def test_the_type_tuples_name_exactly_the_members_of_their_unions() -> None:
+    from typing import get_args
+
+    from ledger.protocol.commands import COMMAND_TYPES, Command
+    from ledger.protocol.events import BALANCE_EVENT_TYPES, BalanceEvent
+    from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, EngineOutput
+
+    assert set(COMMAND_TYPES) == set(get_args(Command))
+    assert set(BALANCE_EVENT_TYPES) == set(get_args(BalanceEvent))
+    assert set(ENGINE_OUTPUT_TYPES) == set(get_args(EngineOutput))

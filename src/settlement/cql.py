@@ -150,7 +150,10 @@ class CqlStore:
     ``replication`` is the keyspace's replication map (default: SimpleStrategy, factor
     1, for one node); ``tablets`` adds ScyllaDB's ``tablets = {'enabled': ...}`` option
     when not None (Cassandra does not know it). The keyspace and tables are created if
-    missing; an existing keyspace keeps its settings.
+    missing; an existing keyspace keeps its settings. With ``create=False`` (a store
+    opened only to read) nothing is created: the keyspace must hold a projection.
+    ``auth_provider`` and ``ssl_context`` go to the driver (``connection_options`` makes
+    them from the environment).
     """
 
     def __init__(

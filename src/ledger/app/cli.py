@@ -274,15 +274,16 @@ def _check_store_to_read(url: str) -> None:
         raise CliError(f"store sqlite:{file}: not a ledger projection (no stream_checkpoints table)")
 
 
-def _open_store(url: str) -> Any:
-    """A store that must already hold a projection: reading creates nothing."""
+def _open_store(url: str, read_only: bool) -> Any:
+    """The store at ``url``; one opened only to read must already hold a projection
+    (reading creates nothing)."""
     from settlement import open_store
 
     file = _sqlite_path(url)
     if file is not None:
         _check_sqlite_file(file)
     try:
-        return open_store(url) if file is not None else open_store(url, create=False)
+        return open_store(url) if file is not None else open_store(url, create=not read_only)
     except sqlite3.Error as error:
         raise CliError(f"store {url}: {error}") from None
 
@@ -467,7 +468,7 @@ def _sources_and_store(args: argparse.Namespace, store_read_only: bool) -> Itera
         _check_store_to_read(args.store)
     sources = _sources(args)
     try:
-        store = _open_store(args.store)
+        store = _open_store(args.store, store_read_only)
     except BaseException:
         for source in sources:
             source.log.close()
@@ -527,7 +528,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 def _cmd_gaps(args: argparse.Namespace) -> int:
     _check_store_to_read(args.store)
-    store = _open_store(args.store)
+    store = _open_store(args.store, read_only=True)
     try:
         faults = store.faults(open_only=not args.all)
     finally:

@@ -21,7 +21,7 @@ import msgspec
 
 from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log, scan
-from ledger.protocol.codec import EVENTS, OUTPUTS, check_command
+from ledger.protocol.codec import EVENTS, OUTPUTS, checked_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.outputs import EngineOutput
@@ -53,11 +53,12 @@ class Exchange:
 
         Every command is checked against the schema first: one that breaks it raises
         ``CommandError`` naming the field, and nothing of the batch is written."""
-        first = self.operations.append([check_command(c) for c in commands])
+        checked = [checked_command(c) for c in commands]
+        first = self.operations.append([data for data, _ in checked])
         produced: list[BalanceEvent] = []
         outputs: dict[str, list[EngineOutput]] = {}
         core, engines = self.core, self.engines
-        for i, command in enumerate(commands):
+        for i, (_, command) in enumerate(checked):
             # Events in seq order: settling an output only appends later seqs.
             pending = deque(core.execute_checked(command, first + i))
             while pending:

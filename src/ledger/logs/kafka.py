@@ -72,7 +72,7 @@ OWNED_CLIENT_PROPERTIES = frozenset(
 CLIENT_ENV_PREFIX = "LEDGER_KAFKA_"
 # The variable naming a properties file of client settings.
 CLIENT_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
-_SECRET = re.compile(r"password|secret|key|token|credential", re.I)
+_SECRET = re.compile(r"password|secret|key|token|credential|oauthbearer\.config|jaas", re.I)
 
 
 class KafkaConfigError(LogError):

@@ -184,6 +184,14 @@ def check_command(command: Command) -> bytes:
     """The encoded ``command`` if it keeps the schema; else ``CommandError`` naming the
     field. The check is the strict decoder itself, run over the encoding, so it is the
     same rule that guards every reader of balance.operations."""
+    return checked_command(command)[0]
+
+
+def checked_command(command: Command) -> tuple[bytes, Command]:
+    """``check_command``'s bytes with the command decoded back from them: exactly what
+    a reader of the log gets (plain ints where the caller may have passed an int
+    subclass, enum members where it passed ints), so a live path that decides on it
+    answers as a replay of the log would."""
     kind = type(command)
     if kind not in COMMAND_TYPES:
         raise CommandError(kind.__name__, "", f"not a command (one of {', '.join(t.__name__ for t in COMMAND_TYPES)})")
@@ -194,10 +202,10 @@ def check_command(command: Command) -> bytes:
     if len(data) > COMMAND_BYTES_MAX:
         raise CommandError(kind.__name__, "", f"{len(data)} bytes encoded, over COMMAND_BYTES_MAX {COMMAND_BYTES_MAX}")
     try:
-        COMMANDS.decode(data)
+        decoded = COMMANDS.decode(data)
     except DecodeError as error:
         match = _PATH.search(error.problem)
         field = _field_path(kind, [int(i) for i in re.findall(r"\d+", match.group(1))]) if match else ""
         problem = _PATH.sub("", error.problem).removeprefix("not a valid command: ")
         raise CommandError(kind.__name__, field, problem) from None
-    return data
+    return data, decoded

@@ -17,6 +17,7 @@ from typing import Annotated, Union
 import msgspec
 
 from ledger.protocol.commands import Command, Int64, OrderType, SelfTrade, Side, TimeInForce
+from ledger.protocol.limits import INT64_MAX
 from ledger.protocol.market import Asset, Symbol
 
 # Bumped whenever a field is appended to any record type. Readers accept every version
@@ -26,6 +27,9 @@ SCHEMA_VERSION = 2
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
+# Quantities in lots and prices in ticks are not amounts: within 64 bits, like every id.
+Positive64 = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+NonNegative64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 
 
 class _Event(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
@@ -97,8 +101,8 @@ class OrderAccepted(_Event, frozen=True):
     order_type: OrderType
     tif: TimeInForce
     stp: SelfTrade
-    qty: Positive
-    price: NonNegative
+    qty: Positive64
+    price: NonNegative64
     quote_budget: NonNegative
     lock_asset: str
     lock_amount: Positive
@@ -153,8 +157,8 @@ class TradeSettled(_Event, frozen=True):
     symbol: str
     engine_seq: Int64
     trade_id: Int64
-    price: Positive
-    qty: Positive
+    price: Positive64
+    qty: Positive64
     maker_side: Side
     base_amount: Positive
     quote_amount: Positive

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
-from ledger.protocol.codec import COMMANDS, DecodeError, check_command
+from ledger.protocol.codec import COMMANDS, DecodeError, checked_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent
 from ledger.protocol.limits import COMMAND_BYTES_MAX
@@ -49,8 +49,7 @@ class UBSCore:
     def execute(self, command: Command, input_offset: int) -> list[BalanceEvent]:
         """decide + evolve for one command; returns its one event. A command that breaks
         the schema raises ``CommandError`` naming the field, and changes nothing."""
-        check_command(command)
-        return self.execute_checked(command, input_offset)
+        return self.execute_checked(checked_command(command)[1], input_offset)
 
     def execute_checked(self, command: Command, input_offset: int) -> list[BalanceEvent]:
         """``execute`` for a command known to keep the schema: one the strict decoder

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from ledger.protocol.codec import check_command
+from ledger.protocol.codec import checked_command
 from ledger.protocol.commands import (
     CancelOrder,
     Command,
@@ -427,5 +427,4 @@ def decide(state: State, item: Input, input_offset: int = -1) -> list[BalanceEve
     that breaks the schema raises ``CommandError`` naming the field."""
     if isinstance(item, (Trade, OrderRested, OrderCancelled, OrderExpired, OrderRejected)):
         return decide_output(state, item)
-    check_command(item)
-    return decide_command(state, item, input_offset)
+    return decide_command(state, checked_command(item)[1], input_offset)
