@@ -283,7 +283,7 @@ def _open_store(url: str, read_only: bool) -> Any:
     if file is not None:
         _check_sqlite_file(file)
     try:
-        return open_store(url) if file is not None else open_store(url, create=not read_only)
+        return open_store(url, create=not read_only) if url.startswith("cql://") else open_store(url)
     except sqlite3.Error as error:
         raise CliError(f"store {url}: {error}") from None
 
