@@ -39,6 +39,8 @@ from ledger.protocol.events import (
     BALANCE_EVENT_TYPES,
     AssetListed,
     BalanceEvent,
+    NonNegative64,
+    Positive64,
     Rejected,
     SymbolListed,
 )
@@ -238,6 +240,10 @@ def _builds_by_annotation(kind: type) -> st.SearchStrategy[Any]:
             fields[name] = st.integers(0, 2**62)
         elif annotation == Int64:
             fields[name] = st.one_of(st.integers(INT64_MIN, INT64_MAX), st.sampled_from([INT64_MIN, 0, INT64_MAX]))
+        elif annotation == Positive64:
+            fields[name] = st.one_of(st.integers(1, 2**40), st.sampled_from([1, INT64_MAX]))
+        elif annotation == NonNegative64:
+            fields[name] = st.one_of(st.integers(0, 2**40), st.sampled_from([0, INT64_MAX]))
         elif "Meta(gt=0)" in repr(annotation):
             fields[name] = _positive()
         else:
