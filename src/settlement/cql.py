@@ -436,6 +436,7 @@ class CqlStore:
         return found
 
     def faults(self, open_only: bool = True) -> list[Fault]:
+        self.flush()
         rows = self._session.execute(
             f'SELECT "stream", "expected", "kind", "received", "detail", "first_seen_ms", "resolved" '
             f'FROM {self.keyspace}."sequence_gaps"'
@@ -450,6 +451,7 @@ class CqlStore:
     def rows(
         self, table: str, key: dict[str, KeyValue], limit: int, before: tuple[KeyValue, ...] | None = None
     ) -> list[dict[str, Any]]:
+        self.flush()  # a read sees every commit handed over before it
         t = TABLES[table]
         width = len(before) if before else 0
         statement = self._reads.get((table, width))
@@ -471,6 +473,8 @@ class CqlStore:
 
     def scan(self, table: str) -> Iterator[dict[str, Any]]:
         from cassandra.query import SimpleStatement
+
+        self.flush()
 
         t = TABLES[table]
         columns = [c.name for c in t.columns]
