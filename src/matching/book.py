@@ -91,6 +91,7 @@ from ledger.protocol.reasons import Reason
 FINISHED_IDS_MAX = 100_000
 
 
+
 class Resting(msgspec.Struct, gc=False):
     """A resting order, shared by its level and the ``orders`` index, so a fill updates it
     in place.
@@ -171,18 +172,8 @@ class OrderBook:
     limit orders alone may leave it None until the symbol's definition is known.
     """
 
-    __slots__ = (
-        "symbol",
-        "tick",
-        "seq",
-        "levels",
-        "heaps",
-        "best",
-        "orders",
-        "finished",
-        "finished_order",
-        "finished_ids_max",
-    )
+    __slots__ = ("symbol", "tick", "seq", "levels", "heaps", "best", "orders", "finished", "finished_order",
+                 "finished_ids_max")
 
     def __init__(self, symbol: str = "", tick: int | None = None, finished_ids_max: int = FINISHED_IDS_MAX) -> None:
         if finished_ids_max < 1:
@@ -433,7 +424,8 @@ class OrderBook:
             raise BookError(f"amend of order {order_id} by user {user}, but user {order.user} owns it")
         self.reduce(order_id, qty_remaining)
         self.seq += 1
-        return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, order.side, order.price, qty_remaining)]
+        return [OrderRested(self.seq, self.symbol, input_seq, order_id, user, order.side, order.price,
+                            qty_remaining)]
 
     def amend_price(
         self, input_seq: int, order_id: int, user: int, price: int, stp: int = _CANCEL_TAKER
@@ -516,9 +508,8 @@ class OrderBook:
         elif tif == _GTC:
             self.add(order_id, user, side, price, remaining)
             self.seq += 1
-            outputs.append(
-                OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price, remaining)
-            )
+            outputs.append(OrderRested(self.seq, self.symbol, input_seq, order_id, user, _SIDES[side], price,
+                                       remaining))
             return
         else:
             reason = _IOC_REMAINDER
@@ -603,46 +594,14 @@ class OrderBook:
                 if fill == available:
                     gone.append(maker_id)
                     del orders[maker_id]
-                    append(
-                        Trade(
-                            seq,
-                            symbol,
-                            input_seq,
-                            seq,
-                            price,
-                            fill,
-                            maker_side_enum,
-                            maker.user,
-                            maker_id,
-                            user,
-                            order_id,
-                            taker_limit_price,
-                            True,
-                            not remaining,
-                        )
-                    )
+                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker.user, maker_id, user,
+                                 order_id, taker_limit_price, True, not remaining))
                     if remaining == 0:
                         break
                 else:
                     maker.remaining = available - fill
-                    append(
-                        Trade(
-                            seq,
-                            symbol,
-                            input_seq,
-                            seq,
-                            price,
-                            fill,
-                            maker_side_enum,
-                            maker.user,
-                            maker_id,
-                            user,
-                            order_id,
-                            taker_limit_price,
-                            False,
-                            not remaining,
-                        )
-                    )
+                    append(Trade(seq, symbol, input_seq, seq, price, fill, maker_side_enum, maker.user, maker_id, user,
+                                 order_id, taker_limit_price, False, not remaining))
                     if remaining:
                         # Only the budget leaves both taker and maker open, and what it
                         # has left is less than a lot here.
@@ -754,7 +713,9 @@ class OrderBook:
         # quantity here and its new state follows in OrderRested or OrderCancelled.
         taker = self.orders.get(t.taker_order_id)
         if taker is not None and (
-            taker.side == t.maker_side or t.qty > taker.remaining or t.taker_done != (t.qty == taker.remaining)
+            taker.side == t.maker_side
+            or t.qty > taker.remaining
+            or t.taker_done != (t.qty == taker.remaining)
         ):
             raise BookError(f"{where}: repriced taker {t.taker_order_id} cannot give {t.qty}")
         if t.qty == maker.remaining:

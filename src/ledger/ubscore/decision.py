@@ -61,6 +61,7 @@ from ledger.ubscore.state import (
     InvariantError,
     State,
     WindowEntry,
+    command_user,
     fingerprint,
     outcome,
 )
@@ -251,9 +252,8 @@ def decide_command(state: State, command: Command, input_offset: int) -> list[Ba
     handler = _DECIDE_COMMAND.get(kind)
     if handler is None:
         raise TypeError(f"not a command: {kind.__name__}")
-    # Checks every command shares: a valid user and request id, and not a retry. A
-    # listing names no user: it acts for the fee account.
-    user: int = getattr(command, "user", FEE_ACCOUNT_USER)
+    # Checks every command shares: a valid user and request id, and not a retry.
+    user = command_user(command)
     request_id = command.request_id
     if type(user) is not int or not 0 <= user <= USER_ID_MAX:
         return _reject(state, input_offset, Reason.INVALID_USER, command)

@@ -213,10 +213,10 @@ def fingerprint(request: Command | Acceptance) -> tuple[Any, ...]:
 
 
 def command_user(command: Command) -> int:
-    """The account a command acts for: listings belong to the fee account."""
-    if isinstance(command, (ListAsset, ListSymbol)):
-        return FEE_ACCOUNT_USER
-    return command.user
+    """The account a command acts for: its user, or for a listing (which names none) the
+    fee account."""
+    user: int = getattr(command, "user", FEE_ACCOUNT_USER)
+    return user
 
 
 def request_key(user: int, request_id: int) -> int:
