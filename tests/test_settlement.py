@@ -780,3 +780,28 @@ def test_a_gap_found_again_takes_its_new_range_and_closes_only_when_all_of_it_ar
     assert fault.missing == (seq_of(values[k + 5]), seq_of(values[k + 9]))
     assert Projector(store, sources(events, outputs)).run().ok
     assert store.faults() == []
+
+
+def test_a_gap_after_a_resolved_one_at_the_same_seq_is_described_by_its_own_range(
+    new_store: StoreFactory, tmp_path
+) -> None:
+    """A store that lost writes (a database's periodic commit log, a restore) makes the
+    projector fold a stretch again and may meet a different gap where a resolved one
+    was: it is a new fault, recorded with its own range, detail and time, and open."""
+    from settlement.store import Fault
+
+    store = new_store()
+    first = Fault("balance.events", 5, "gap", 8, "offset 4: seq 8 where 5 was due (missing 5..7)", 1_000)
+    store.record_fault(first)
+    assert [f.missing for f in store.faults()] == [(5, 7)]
+    assert [f.expected for f in store.resolve_faults("balance.events", 7)] == [5]
+    assert store.faults() == []
+    second = Fault("balance.events", 5, "gap", 12, "offset 4: seq 12 where 5 was due (missing 5..11)", 2_000)
+    store.record_fault(second)
+    assert store.faults() == [second]
+    # Found again while open (a retry): the range follows, the first detection's time stays.
+    again = Fault("balance.events", 5, "gap", 10, "offset 4: seq 10 where 5 was due (missing 5..9)", 3_000)
+    store.record_fault(again)
+    assert store.faults() == [msgspec.structs.replace(again, first_seen_ms=2_000)]
+    assert store.resolve_faults("balance.events", 8) == []
+    assert [f.missing for f in store.faults()] == [(5, 9)]

@@ -296,7 +296,7 @@ class CqlStore:
             f'UPDATE {ks}."sequence_gaps" SET "resolved" = true WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
         )
         self._fault_lookup = prepare(
-            f'SELECT "first_seen_ms" FROM {ks}."sequence_gaps" WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
+            f'SELECT "resolved" FROM {ks}."sequence_gaps" WHERE "stream" = ? AND "expected" = ? AND "kind" = ?'
         )
 
     # -- writes -------------------------------------------------------------------------
@@ -408,9 +408,11 @@ class CqlStore:
         return None if row is None else Checkpoint(row[0], row[1], row[2])
 
     def record_fault(self, fault: Fault) -> None:
-        # Keep the first detection's time; a later detection updates the range and re-opens it.
+        # A later detection of an open fault updates its range and keeps the first
+        # detection's time; one that follows a resolved fault is a new fault and replaces
+        # it whole (its own range, detail and time).
         found = self._session.execute(self._fault_lookup, (fault.stream, fault.expected, fault.kind)).one()
-        if found is None:
+        if found is None or found[0]:
             self._session.execute(
                 self._fault_write,
                 (

@@ -193,12 +193,14 @@ class SQLiteStore:
         """Nothing to wait for: a commit is written when ``commit`` returns."""
 
     def record_fault(self, fault: Fault) -> None:
-        # The first detection's time is kept; a later detection of the same fault (a
-        # retry, a restart, a partly repaired log) updates its range and re-opens it.
+        # A later detection of an open fault (a retry, a restart, a partly repaired log)
+        # updates its range and keeps the first detection's time; one that follows a
+        # resolved fault is a new fault and replaces it whole.
         self._db.execute(
             'INSERT INTO "sequence_gaps" VALUES (?, ?, ?, ?, ?, ?, ?) '
             'ON CONFLICT ("stream", "expected", "kind") DO UPDATE SET "received" = excluded."received", '
-            '"detail" = excluded."detail", "resolved" = excluded."resolved"',
+            '"detail" = excluded."detail", "first_seen_ms" = CASE WHEN "resolved" THEN '
+            'excluded."first_seen_ms" ELSE "first_seen_ms" END, "resolved" = excluded."resolved"',
             (
                 fault.stream,
                 fault.expected,

@@ -58,7 +58,8 @@ class Fault(msgspec.Struct, frozen=True):
     record, ``expected`` is the seq that was due (``received`` the seq it carried, or -1
     if it did not decode). ``detail`` names the log and offset. ``first_seen_ms`` is the
     wall-clock time of the first detection (metadata, never a key); a later detection of
-    the same fault updates ``received`` and ``detail``."""
+    the same open fault updates ``received`` and ``detail``, and one at the same place as
+    a resolved fault replaces it whole, with its own range, detail and time."""
 
     stream: str
     expected: int
