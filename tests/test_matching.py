@@ -29,7 +29,7 @@ from ledger.protocol.commands import (
 )
 from ledger.protocol.events import CancelRequested, Deposited, OrderAccepted, Rejected, SymbolListed
 from ledger.protocol.market import Asset, Symbol
-from ledger.protocol.outputs import OrderRejected, OrderRested, Trade
+from ledger.protocol.outputs import BookOpened, OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
 from matching.book import BookError, OrderBook
@@ -50,9 +50,13 @@ def fast_levels(book: OrderBook, side: int) -> list[tuple[int, list[tuple[int, i
     return [(p, [(o.order_id, o.user, o.remaining) for o in book.levels[side][p]]) for p in prices]
 
 
+# The first output of every stream: the engine took in SymbolListed (input 1).
+OPENED = BookOpened(1, SYMBOL.name, 1, SYMBOL)
+
+
 def new_engine() -> MatchingEngine:
     engine = MatchingEngine(SYMBOL.name)
-    engine.handle(SymbolListed(1, 0, 1, SYMBOL))
+    assert engine.handle(SymbolListed(1, 0, 1, SYMBOL)) == [OPENED]
     return engine
 
 
@@ -204,7 +208,7 @@ def test_amend_qty_keeps_priority_and_amend_price_loses_it() -> None:
         engine.amend_qty(10, 3, 2, 9)
     # The amends replay from their outputs like everything else.
     rebuilt = MatchingEngine(SYMBOL.name)
-    for output in outputs:
+    for output in [OPENED, *outputs]:
         rebuilt.apply(output)
     rebuilt.apply(OrderRejected(rebuilt.seq + 1, SYMBOL.name, 9, 7, 3, Reason.UNKNOWN_ORDER))
     assert rebuilt.state_hash() == engine.state_hash()
@@ -218,7 +222,8 @@ def test_other_symbols_and_other_events_are_ignored() -> None:
     assert engine.handle(Deposited(4, 0, 1, 4, "Y", 10, 10, 0)) == []
     assert engine.handle(SymbolListed(5, 0, 5, Symbol("OTHER", "A", "B", 1, 1))) == []
     assert engine.handle(SymbolListed(6, 0, 6, SYMBOL)) == []  # the same definition again
-    assert engine.seq == 0 and engine.last_input_seq == 0
+    # Only its own listing made an output: the stream's opening.
+    assert engine.seq == 1 and engine.last_input_seq == 1
 
 
 def test_inputs_a_correct_ubscore_cannot_send_raise() -> None:
@@ -239,7 +244,7 @@ def test_inputs_a_correct_ubscore_cannot_send_raise() -> None:
     with pytest.raises(EngineError, match="before SymbolListed"):
         MatchingEngine(SYMBOL.name).handle(accepted(8, 1, SELL, 5, 100))
     # None of those changed anything.
-    assert engine.seq == 1 and list(engine.book.orders) == [2]
+    assert engine.seq == 2 and list(engine.book.orders) == [2]
     engine.book.check()
 
 
@@ -247,6 +252,11 @@ def test_replay_refuses_outputs_that_do_not_fit() -> None:
     engine = new_engine()
     outputs = engine.handle(accepted(2, 1, SELL, 5, 100)) + engine.handle(accepted(3, 2, BUY, 2, 100))
     rebuilt = MatchingEngine(SYMBOL.name)
+    with pytest.raises(BookError, match="expected"):
+        rebuilt.apply(outputs[0])  # before the stream's opening
+    rebuilt.apply(OPENED)
+    with pytest.raises(BookError, match="opens once"):
+        rebuilt.apply(msgspec.structs.replace(OPENED, seq=2))
     with pytest.raises(BookError, match="expected"):
         rebuilt.apply(outputs[1])
     rebuilt.apply(outputs[0])

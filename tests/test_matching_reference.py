@@ -42,7 +42,7 @@ from ledger.protocol.commands import (
 )
 from ledger.protocol.events import CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.market import Asset, Symbol
-from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, BookOpened, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
 from matching.book import OrderBook
@@ -349,13 +349,16 @@ class Driver:
 
     def __init__(self, window: int = 100_000, check_every: int = 1) -> None:
         self.engine = MatchingEngine(SYMBOL.name, finished_ids_max=window)
-        self.engine.handle(SymbolListed(1, 0, 1, SYMBOL))
+        opened = self.engine.handle(SymbolListed(1, 0, 1, SYMBOL))
+        # Every stream opens with the listing's definition, as output 1.
+        assert opened == [BookOpened(1, SYMBOL.name, 1, SYMBOL)]
         self.reference = Reference(window)
+        self.reference.seq = 1
         self.checker = Checker()
         self.seq = 1
         self.owners: list[tuple[int, int]] = []  # (order id, user) of every accepted order
         self.inputs: list[Any] = [SymbolListed(1, 0, 1, SYMBOL)]
-        self.outputs: list[Any] = []
+        self.outputs: list[Any] = list(opened)
         self.check_every = check_every
         self.count = 0
 
@@ -479,7 +482,7 @@ def test_engine_matches_reference_on_a_seeded_100000_command_stream() -> None:
     driver.drain()
     kinds: dict[str, int] = {}
     for out in driver.outputs:
-        name = type(out).__name__ if type(out) is Trade or type(out) is OrderRested else \
+        name = type(out).__name__ if type(out) in (Trade, OrderRested, BookOpened) else \
             f"{type(out).__name__}:{Reason(out.reason).name}"
         kinds[name] = kinds.get(name, 0) + 1
     # The stream must exercise every rule, not just pass.
@@ -488,6 +491,7 @@ def test_engine_matches_reference_on_a_seeded_100000_command_stream() -> None:
                  "OrderExpired:FOK_NOT_FILLABLE", "OrderRejected:POST_ONLY_WOULD_TAKE",
                  "OrderRejected:DUPLICATE_ORDER_ID", "OrderRejected:UNKNOWN_ORDER"):
         assert kinds.get(name, 0) > 100, f"{name}: {kinds.get(name, 0)}"
+    assert kinds["BookOpened"] == 1 and type(driver.outputs[0]) is BookOpened
 
 
 # -- determinism, replay, snapshots, encoding ---------------------------------------------

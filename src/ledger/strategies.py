@@ -238,6 +238,8 @@ def _builds_by_annotation(kind: type) -> st.SearchStrategy[Any]:
             fields[name] = st.sampled_from(list(annotation))  # type: ignore[call-overload]  # an IntEnum
         elif name in ("seq", "engine_seq", "input_seq", "trade_id", "order_id", "user"):
             fields[name] = st.integers(0, 2**62)
+        elif annotation is Symbol:
+            fields[name] = st.sampled_from(list(DEFAULT_MARKET.symbols.values()))
         elif annotation == Int64:
             fields[name] = st.one_of(st.integers(INT64_MIN, INT64_MAX), st.sampled_from([INT64_MIN, 0, INT64_MAX]))
         elif annotation == Positive64:

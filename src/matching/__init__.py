@@ -11,6 +11,7 @@ UBSCore reducer, and UBSCore never imports it; only ``ledger.app`` wires the two
 
 from ledger.protocol.outputs import (
     ENGINE_OUTPUT_TYPES,
+    BookOpened,
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -22,6 +23,7 @@ from matching.book import BookError, OrderBook
 from matching.engine import EngineError, MatchingEngine
 
 __all__ = [
+    "BookOpened",
     "ENGINE_OUTPUT_TYPES",
     "BookError",
     "EngineError",

@@ -74,6 +74,7 @@ import msgspec
 from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
 from ledger.protocol.limits import ORDER_PRICE_TICKS_MAX
 from ledger.protocol.outputs import (
+    BookOpened,
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -699,6 +700,10 @@ class OrderBook:
                 if output.reason != _POST_ONLY_WOULD_TAKE or self.is_known(output.order_id):
                     raise BookError(f"{where}: rejection {output.reason} of order {output.order_id} does not fit")
                 self.finish(output.order_id)
+        elif isinstance(output, BookOpened):
+            if self.seq != 0:
+                raise BookError(f"{where}: a book opens once, at the start of its stream")
+            self.tick = output.definition.tick
         else:
             raise BookError(f"{where}: not an engine output: {type(output).__name__}")
         self.seq = output.seq

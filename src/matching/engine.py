@@ -1,7 +1,8 @@
 """The matching engine for one symbol: a deterministic reducer from UBSCore's events
 (balance.events) to the symbol's output stream (engine.outputs/<symbol>).
 
-Inputs it acts on: ``SymbolListed`` of its own symbol (lot and tick), and
+Inputs it acts on: ``SymbolListed`` of its own symbol (lot and tick), answered with the
+stream's first output, ``BookOpened``, which carries the definition; and
 ``OrderAccepted`` and ``CancelRequested`` of its own symbol. Every other event, and these
 events for other symbols, is ignored, so an engine can read the whole of balance.events.
 Every output carries the stream's contiguous ``seq`` and the ``input_seq`` of the event
@@ -15,22 +16,22 @@ which UBSCore releases what the order still has locked. An ``OrderRejected`` wit
 ignores it.
 
 Replay: ``apply(output)`` rebuilds the book from the engine's own outputs, so replaying
-engine.outputs gives the same ``state_hash`` as the live engine, and
-``from_snapshot(snapshot())`` plus the outputs after it gives the same again. The symbol
-definition is not part of the hashed state (outputs do not carry it); snapshots carry it.
+engine.outputs gives the same ``state_hash`` as the live engine (the definition comes
+from ``BookOpened``), and ``from_snapshot(snapshot())`` plus the outputs after it gives
+the same again. The symbol definition is not part of the hashed state; snapshots carry it.
 
 >>> from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
 >>> from ledger.protocol.events import OrderAccepted, SymbolListed
 >>> from ledger.protocol.market import Symbol
 >>> engine = MatchingEngine("BTC-USDT")
->>> engine.handle(SymbolListed(1, 0, 1, Symbol("BTC-USDT", "BTC", "USDT", 1000, 10)))
-[]
+>>> [type(o).__name__ for o in engine.handle(SymbolListed(1, 0, 1, Symbol("BTC-USDT", "BTC", "USDT", 1000, 10)))]
+['BookOpened']
 >>> [type(o).__name__ for o in engine.handle(OrderAccepted(
 ...     2, 0, 7, 1, 2, "BTC-USDT", Side.SELL, OrderType.LIMIT, TimeInForce.GTC,
 ...     SelfTrade.CANCEL_TAKER, 5, 100, 0, "BTC", 5000, 0, 5000))]
 ['OrderRested']
 >>> engine.last_input_seq, engine.seq
-(2, 1)
+(2, 2)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import msgspec
 from ledger.protocol.commands import SelfTrade
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.market import DefinitionError, Symbol
-from ledger.protocol.outputs import EngineOutput
+from ledger.protocol.outputs import BookOpened, EngineOutput
 from matching.book import FINISHED_IDS_MAX, BookError, OrderBook
 
 SNAPSHOT_FORMAT = "matching-snapshot"
@@ -140,8 +141,7 @@ class MatchingEngine:
                 self._check_input_seq(seq)
             outputs = self.book.cancel(seq, event.order_id, event.user)
         elif type(event) is SymbolListed:
-            self._listed(event)
-            return []
+            return self._listed(event)
         else:
             return []
         self.last_input_seq = seq
@@ -172,22 +172,37 @@ class MatchingEngine:
         if seq <= self.last_input_seq:
             raise EngineError(f"engine {self.symbol}: input seq {seq} is not after {self.last_input_seq}")
 
-    def _listed(self, event: SymbolListed) -> None:
+    def _listed(self, event: SymbolListed) -> list[EngineOutput]:
         spec = event.symbol
         if spec.name != self.symbol:
-            return
-        if self.spec is None:
+            return []
+        if self.book.seq == 0:
+            # The stream opens with the definition, so the book is rebuilt from it alone.
+            if self.spec is not None and self.spec != spec:
+                raise EngineError(f"engine {self.symbol}: listed as {spec!r}, given {self.spec!r}")
+            self._check_input_seq(event.seq)
             self.spec = spec
             self.book.tick = spec.tick
-        elif self.spec != spec:
+            self.book.seq = 1
+            self.last_input_seq = event.seq
+            return [BookOpened(1, self.symbol, event.seq, spec)]
+        if self.spec != spec:
             raise EngineError(f"engine {self.symbol}: listed again as {spec!r}, was {self.spec!r}")
+        return []
 
     # -- rebuilding from outputs ------------------------------------------------------
 
     def apply(self, output: EngineOutput) -> None:
         """Rebuild state from one of this engine's own outputs (replay of
         engine.outputs). Raises ``BookError`` if the output does not fit the state."""
-        self.book.apply(output)
+        if type(output) is BookOpened:
+            spec = output.definition
+            if spec.name != self.symbol or (self.spec is not None and self.spec != spec):
+                raise EngineError(f"engine {self.symbol}: its stream opens with the definition of {spec!r}")
+            self.book.apply(output)
+            self.spec = spec
+        else:
+            self.book.apply(output)
         self.last_input_seq = output.input_seq
 
     # -- hashing and snapshots --------------------------------------------------------

@@ -56,7 +56,15 @@ from ledger.protocol.events import (
     Withdrawn,
 )
 from ledger.protocol.limits import FEE_ACCOUNT_USER
-from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.outputs import (
+    BookOpened,
+    EngineOutput,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderRested,
+    Trade,
+)
 from ledger.protocol.reasons import Reason
 
 # Rows of one stream per partition bucket. A user's ledger partition for one asset gets at
@@ -754,6 +762,8 @@ class Projection:
                 # about the order, which ended otherwise; nor does a rejected reuse of its id.
                 if not isinstance(output, OrderRejected) or output.reason not in _NOT_AN_ORDER_END:
                     writes.append(OrderEndedRow(output.order_id, output.reason, output.seq))
+            case BookOpened():
+                pass  # the listing is projected from balance.events (SymbolListed)
             case Trade():
                 # Trades are projected once, settled, from balance.events (with amounts and
                 # fees); the engine's copy adds nothing a reader needs.

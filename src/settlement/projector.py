@@ -245,6 +245,12 @@ class Projector:
         except DecodeError:
             return False
 
+    def discover_streams(self) -> None:
+        """Ask ``discover`` for streams not projected yet (a symbol listed meanwhile) and
+        take them in; ``run(follow=True)`` does it by itself when idle."""
+        if self.discover is not None:
+            self._discover()
+
     def _discover(self) -> None:
         assert self.discover is not None
         known = {s.source.stream for s in self.streams}

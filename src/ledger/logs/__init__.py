@@ -8,7 +8,7 @@ This layer imports only ``ledger.protocol``.
 
 from typing import Any
 
-from ledger.logs.base import CorruptRecordError, Log, LogError, MemoryLog, ReadBatch, scan
+from ledger.logs.base import CorruptRecordError, Log, LogError, MemoryLog, ReadBatch, WriterFencedError, scan
 from ledger.logs.file import FileLog, FsyncPolicy
 
 
@@ -27,6 +27,7 @@ __all__ = [
     "KafkaLog",
     "Log",
     "LogError",
+    "WriterFencedError",
     "MemoryLog",
     "ReadBatch",
     "ensure_topic",

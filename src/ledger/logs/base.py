@@ -21,6 +21,12 @@ class LogError(Exception):
     """A log could not be read or written; the message names the log and offset."""
 
 
+class WriterFencedError(LogError):
+    """Another writer owns this log: a file log another process holds open for writing,
+    or a Kafka transactional id a newer producer has claimed. The stream has one writer;
+    this one must stop (retrying would fork the stream or fence the newer writer)."""
+
+
 class CorruptRecordError(LogError):
     """A stored record failed its checksum or framing; ``offset`` is its log offset."""
 

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ledger.logs.base import CorruptRecordError, LogError, ReadBatch
+from ledger.logs.base import CorruptRecordError, LogError, ReadBatch, WriterFencedError
 from ledger.protocol.events import SCHEMA_VERSION
 from ledger.protocol.limits import INDEX_STRIDE_RECORDS, READ_RECORDS_MAX, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX
 
@@ -372,7 +372,7 @@ class FileLog:
                 time.sleep(_LOCK_RETRY_S)
         os.close(self._lock_fd)
         self._lock_fd = -1
-        raise LogError(f"{self.name}: another process has it open for writing")
+        raise WriterFencedError(f"{self.name}: another process has it open for writing")
 
     def _writer_active(self) -> bool:
         """Whether a writer holds the lock (a read-only log's question, asked without

@@ -23,6 +23,7 @@ confluent-kafka is imported only here, so ``import ledger`` does not load it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -30,8 +31,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ledger.logs.base import LogError, ReadBatch
+from ledger.logs.base import LogError, ReadBatch, WriterFencedError
 from ledger.protocol.limits import READ_RECORDS_MAX
+
+log = logging.getLogger(__name__)
 
 # Topic settings for event topics: nothing is ever deleted by time or size, and no
 # compaction (it would leave holes an auditor cannot explain).
@@ -73,6 +76,11 @@ CLIENT_ENV_PREFIX = "LEDGER_KAFKA_"
 # The variable naming a properties file of client settings.
 CLIENT_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
 _SECRET = re.compile(r"password|secret|key|token|credential|oauthbearer\.config|jaas", re.I)
+
+
+class AppendOutcomeUnknown(LogError):
+    """A transactional append whose commit may or may not have happened: read the log's
+    tail (with a new producer, which fences the old one) before appending again."""
 
 
 class KafkaConfigError(LogError):
@@ -178,6 +186,25 @@ def ensure_topic(
         ) from None
 
 
+def _FENCED_CODES(kafka: Any) -> frozenset[int]:  # noqa: N802 (a constant, built once the client is loaded)
+    error = kafka.KafkaError
+    return frozenset({error._FENCED, error.PRODUCER_FENCED, error.INVALID_PRODUCER_EPOCH})
+
+
+def list_topics(bootstrap: str, client_config: Mapping[str, str] | None = None) -> list[str]:
+    """The names of the cluster's topics, sorted."""
+    kafka = _kafka()
+    from confluent_kafka.admin import AdminClient
+
+    settings = {**(client_config or {}), "bootstrap.servers": check_bootstrap(bootstrap)}
+    try:
+        admin = AdminClient(settings)
+        metadata = admin.list_topics(timeout=KAFKA_TIMEOUT_S)
+    except kafka.KafkaException as error:
+        raise LogError(f"kafka {bootstrap}: cannot list topics: {_scrub(str(error), settings)}") from None
+    return sorted(metadata.topics)
+
+
 class KafkaLog:
     """One partition of a Kafka topic as a ``Log``.
 
@@ -206,6 +233,7 @@ class KafkaLog:
         self._producer: Any = None
         self._consumer: Any = None
         self._offsets_client: Any = None
+        self._admin: Any = None
         self._consumer_position = -1
 
     # -- writing ----------------------------------------------------------------------
@@ -258,18 +286,27 @@ class KafkaLog:
             for record in records:
                 producer.produce(self.topic, value=record, partition=self.partition, on_delivery=delivered)
                 producer.poll(0)
-            if self.transactional_id:
-                producer.commit_transaction(KAFKA_TIMEOUT_S)
-            else:
+            if not self.transactional_id:
                 remaining = producer.flush(KAFKA_TIMEOUT_S)
                 if remaining:
                     raise LogError(f"{self.name}: {remaining} records not acknowledged in {KAFKA_TIMEOUT_S} s")
-            producer.flush(KAFKA_TIMEOUT_S)
         except kafka.KafkaException as error:
+            if self.transactional_id and error.args[0].code() in _FENCED_CODES(kafka):
+                self._producer = None
+                raise WriterFencedError(
+                    f"{self.name}: transactional id {self.transactional_id} was taken by a newer producer; "
+                    "this one is fenced and stops"
+                ) from None
             if self.transactional_id:
                 with contextlib.suppress(kafka.KafkaException):
                     producer.abort_transaction(KAFKA_TIMEOUT_S)
             raise LogError(f"{self.name}: append failed (nothing of this batch is committed): {error}") from None
+        if self.transactional_id:
+            self._commit(producer)
+        try:
+            producer.flush(KAFKA_TIMEOUT_S)
+        except kafka.KafkaException as error:  # pragma: no cover (the commit flushed everything)
+            raise LogError(f"{self.name}: flush after the commit failed: {error}") from None
         if errors or len(offsets) != len(records):
             raise LogError(f"{self.name}: append failed: {errors or 'missing delivery reports'}")
         # A transaction's commit marker reaches the partition after commit_transaction
@@ -289,6 +326,68 @@ class KafkaLog:
             time.sleep(pause_s)
             pause_s = min(2 * pause_s, VISIBLE_POLL_S_MAX)
         return min(offsets)
+
+    def _commit(self, producer: Any) -> None:
+        """Commit the open transaction. A commit whose outcome is unknown is retried while
+        the client says the error is retriable; it is aborted only when the client says
+        the transaction requires it (then nothing of it is committed); after a fatal error
+        the producer is dropped and ``AppendOutcomeUnknown`` raised: the caller must make
+        a new producer (which fences this one and ends its transaction) and read the
+        log's tail before appending anything."""
+        kafka = _kafka()
+        deadline = time.monotonic() + KAFKA_TIMEOUT_S
+        while True:
+            try:
+                producer.commit_transaction(KAFKA_TIMEOUT_S)
+                return
+            except kafka.KafkaException as exception:
+                error = exception.args[0]
+                if error.retriable() and time.monotonic() < deadline:
+                    log.warning("%s: commit not confirmed (%s); retrying it", self.name, error)
+                    continue
+                if error.code() in _FENCED_CODES(kafka):
+                    self._producer = None
+                    raise WriterFencedError(
+                        f"{self.name}: transactional id {self.transactional_id} was taken by a newer producer; "
+                        "this one is fenced and stops"
+                    ) from None
+                if error.txn_requires_abort():
+                    with contextlib.suppress(kafka.KafkaException):
+                        producer.abort_transaction(KAFKA_TIMEOUT_S)
+                    raise LogError(
+                        f"{self.name}: commit refused, transaction aborted (nothing committed): {error}"
+                    ) from None
+                self._producer = None
+                raise AppendOutcomeUnknown(
+                    f"{self.name}: the outcome of a commit is unknown ({error}); read the log's tail before appending"
+                ) from None
+
+    def stable_offsets(self) -> tuple[int, int]:
+        """(last stable offset, high watermark) of the partition, as the broker reports
+        them to read_committed and read_uncommitted readers. They differ while a
+        transaction is open on the partition: records up to the high watermark may be
+        committed and still invisible to read_committed readers."""
+        kafka = _kafka()
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        if self._admin is None:
+            try:
+                self._admin = AdminClient({**self._client_config, "bootstrap.servers": self.bootstrap})
+            except kafka.KafkaException as error:
+                raise KafkaConfigError(
+                    f"{self.name}: cannot make an admin client: {_scrub(str(error), self._client_config)}"
+                ) from None
+        tp = kafka.TopicPartition(self.topic, self.partition)
+        found = []
+        for level in (kafka.IsolationLevel.READ_COMMITTED, kafka.IsolationLevel.READ_UNCOMMITTED):
+            try:
+                futures = self._admin.list_offsets(
+                    {tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=KAFKA_TIMEOUT_S
+                )
+                found.append(int(futures[tp].result(timeout=KAFKA_TIMEOUT_S).offset))
+            except kafka.KafkaException as error:
+                raise LogError(f"{self.name}: cannot list offsets: {error}") from None
+        return found[0], found[1]
 
     # -- reading ----------------------------------------------------------------------
 
@@ -400,6 +499,7 @@ class KafkaLog:
         finally:
             self._consumer = None
             self._consumer_position = -1
+            self._admin = None
             if self._offsets_client is not None:
                 self._offsets_client.close()
                 self._offsets_client = None

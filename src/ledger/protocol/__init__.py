@@ -38,6 +38,7 @@ from ledger.protocol.events import (
 from ledger.protocol.market import Asset, DefinitionError, Market, Symbol
 from ledger.protocol.outputs import (
     ENGINE_OUTPUT_TYPES,
+    BookOpened,
     EngineOutput,
     OrderCancelled,
     OrderExpired,
@@ -48,6 +49,7 @@ from ledger.protocol.outputs import (
 from ledger.protocol.reasons import Reason
 
 __all__ = [
+    "BookOpened",
     "BALANCE_EVENT_TYPES",
     "COMMANDS",
     "COMMAND_TYPES",

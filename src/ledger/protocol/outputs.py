@@ -2,8 +2,10 @@
 
 Every output carries the symbol stream's contiguous ``seq`` and ``input_seq``, the
 balance.events seq of the UBSCore event (OrderAccepted or CancelRequested) that caused
-it, so a restarted engine knows where to resume. UBSCore settles ``Trade`` and releases
-locks on the terminal events; it needs nothing else from the engine.
+it, so a restarted engine knows where to resume. A stream opens with ``BookOpened``,
+which holds the symbol's definition, so a book is rebuilt from its stream alone. UBSCore
+settles ``Trade`` and releases locks on the terminal events; it needs nothing else from
+the engine.
 """
 
 from __future__ import annotations
@@ -13,10 +15,22 @@ from typing import Union
 import msgspec
 
 from ledger.protocol.commands import Int64, Side
+from ledger.protocol.market import Symbol
 
 
 class _Output(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
     pass
+
+
+class BookOpened(_Output, frozen=True):
+    """The engine took in the symbol's listing (``input_seq`` is its ``SymbolListed``):
+    the first output of every stream, carrying the definition (lot, tick, fees) that
+    rebuilding the book from the stream needs."""
+
+    seq: Int64
+    symbol: str
+    input_seq: Int64
+    definition: Symbol
 
 
 class OrderRested(_Output, frozen=True):
@@ -87,5 +101,5 @@ class OrderRejected(_Output, frozen=True):
     reason: Int64
 
 
-EngineOutput = Union[OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
-ENGINE_OUTPUT_TYPES: tuple[type, ...] = (OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected)
+EngineOutput = Union[BookOpened, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
+ENGINE_OUTPUT_TYPES: tuple[type, ...] = (BookOpened, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected)

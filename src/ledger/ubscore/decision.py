@@ -50,7 +50,15 @@ from ledger.protocol.limits import (
     REQUEST_ID_MAX,
     USER_ID_MAX,
 )
-from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.outputs import (
+    BookOpened,
+    EngineOutput,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderRested,
+    Trade,
+)
 from ledger.protocol.reasons import Reason
 from ledger.ubscore.state import (
     O_CANCELLING,
@@ -386,6 +394,10 @@ def _decide_order_end(
     ]
 
 
+def _decide_opened(state: State, output: BookOpened) -> list[BalanceEvent]:
+    return []  # the engine took in a listing UBSCore made: nothing to settle
+
+
 def _decide_rested(state: State, output: OrderRested) -> list[BalanceEvent]:
     return []  # a resting order keeps its lock
 
@@ -405,6 +417,7 @@ def _decide_rejected(state: State, output: OrderRejected) -> list[BalanceEvent]:
 # Each engine output type's settlement, by exact type (see _DECIDE_COMMAND).
 _DECIDE_OUTPUT: dict[type, Callable[[State, Any], list[BalanceEvent]]] = {
     Trade: _decide_trade,
+    BookOpened: _decide_opened,
     OrderRested: _decide_rested,
     OrderCancelled: _decide_cancelled,
     OrderExpired: _decide_expired,
@@ -425,6 +438,6 @@ def decide(state: State, item: Input, input_offset: int = -1) -> list[BalanceEve
     """The events ``item`` produces: a command read at ``input_offset`` of
     balance.operations, or an engine output (which carries its own position). A command
     that breaks the schema raises ``CommandError`` naming the field."""
-    if isinstance(item, (Trade, OrderRested, OrderCancelled, OrderExpired, OrderRejected)):
+    if type(item) in _DECIDE_OUTPUT:
         return decide_output(state, item)
     return decide_command(state, checked_command(item)[1], input_offset)
