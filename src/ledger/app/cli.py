@@ -8,7 +8,7 @@
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
     ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--json]
-    ledger run ubscore (--commands DIR --events DIR | --kafka HOST:PORT) [--batch N] [--follow]
+    ledger run ubscore|engine|project|all (--dir DIR | --kafka HOST:PORT) [--batch N] [--idle-exit-s S] ...
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
 A store URL or Kafka address holding credentials (``user:password@``) is refused, and the
@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from ledger.app.stage import BATCH_COMMANDS_DEFAULT
+from ledger.app.services import BATCH_INPUTS_DEFAULT as BATCH_COMMANDS_DEFAULT
 from ledger.gctune import relaxed_gc
 from ledger.logs import layout
 from ledger.protocol.limits import READ_RECORDS_MAX
 
 if TYPE_CHECKING:
-    from ledger.logs.base import Log
+    pass
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -586,68 +586,67 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _events_dir_to_write(path: str, commands: Path) -> Path:
-    """``path`` as the stage's output log: a file log, or a place to start one."""
-    events = Path(path)
-    if events.exists():
-        if not events.is_dir():
-            raise CliError(f"--events {events}: exists and is not a directory")
-        try:
-            names = os.listdir(events)
-        except OSError as error:
-            raise CliError(f"--events {events}: cannot list it: {error.strerror}") from None
-        if names and not any(name.endswith(SEGMENT_SUFFIX) for name in names):
-            raise CliError(f"--events {events}: not empty and holds no file log; give a log directory")
-        if events.resolve() == commands.resolve():
-            raise CliError("--events and --commands are the same directory")
-        if names:
-            from ledger.logs.file import FileLog
-
-            # Read it first: opening a log for writing makes its LOCK file before it
-            # looks at the segments, and a bad log must be left as it was.
-            FileLog(events, readonly=True).close()
-    elif not events.parent.is_dir():
-        raise CliError(f"--events {events}: no such directory {events.parent}")
-    return events
-
-
-def _open_stage_logs(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[Log, Log]:
-    """(commands, events) logs of ``run ubscore``, closed by ``stack``."""
-    commands: Log
+def _deployment_streams(args: argparse.Namespace) -> Any:
+    """The streams ``run`` works on: ``--dir`` (file logs) or ``--kafka``."""
+    if args.kafka and args.dir:
+        raise CliError("give --dir DIR or --kafka HOST:PORT, not both")
     if args.kafka:
-        from ledger.logs.kafka import KafkaLog, ensure_topic, load_client_config
+        from ledger.app.streams import KafkaStreams
+        from ledger.logs.kafka import load_client_config
 
-        client_config = load_client_config()
-        ensure_topic(args.kafka, args.events_topic, client_config=client_config)
-        commands = stack.enter_context(
-            contextlib.closing(KafkaLog(args.kafka, args.commands_topic, client_config=client_config))
-        )
-        transactional_id = f"ubscore-{args.events_topic}-0"
-        events = KafkaLog(args.kafka, args.events_topic, transactional_id=transactional_id, client_config=client_config)
-        return commands, stack.enter_context(contextlib.closing(events))
-    from ledger.logs.file import FileLog, FsyncPolicy
+        return KafkaStreams(args.kafka, load_client_config(), topic_prefix=args.topic_prefix)
+    if not args.dir:
+        raise CliError("give --dir DIR (a file-log deployment) or --kafka HOST:PORT")
+    if args.topic_prefix:
+        raise CliError("--topic-prefix is for --kafka")
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise CliError(f"--dir {root}: no such directory (make it first; the services make the logs in it)")
+    for name in (layout.OPERATIONS, layout.EVENTS, layout.OUTPUTS):
+        if (root / name).exists() and not (root / name).is_dir():
+            raise CliError(f"--dir {root}: {name} is not a directory")
+    from ledger.app.streams import FileStreams
+    from ledger.logs.file import FsyncPolicy
 
-    commands_dir = _log_dir(args.commands, "--commands")
-    events_dir = _events_dir_to_write(args.events, commands_dir)
-    commands = stack.enter_context(FileLog(commands_dir, readonly=True))
-    return commands, stack.enter_context(FileLog(events_dir, fsync=FsyncPolicy(args.fsync)))
+    return FileStreams(root, FsyncPolicy(args.fsync))
 
 
-def _cmd_run_ubscore(args: argparse.Namespace) -> int:
-    from ledger.app.stage import UBSCoreStage
+def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
 
-    files = args.commands is not None or args.events is not None
-    if args.kafka and files:
-        raise CliError("give --commands DIR and --events DIR, or --kafka HOST:PORT, not both")
-    if not args.kafka and not (args.commands and args.events):
-        raise CliError("give --commands DIR and --events DIR, or --kafka HOST:PORT")
-    if args.idle_exit_s and not args.follow:
-        raise CliError("--idle-exit-s is for --follow")
-    with contextlib.ExitStack() as stack:
-        commands, events = _open_stage_logs(args, stack)
-        stage = UBSCoreStage(commands, events)
-        handled = stage.run(args.batch, follow=args.follow, idle_s_max=args.idle_exit_s)
-    print(f"handled {handled} commands; events end at seq {stage.core.state.seq}; hash {stage.core.state_hash()}")
+    from ledger.app import services as svc
+
+    streams = _deployment_streams(args)
+    batch = {"batch_inputs": args.batch, "batch_wait_ms": args.batch_wait_ms}
+    chosen: list[Any] = []
+    if args.service in ("ubscore", "all"):
+        chosen.append(svc.UBSCoreService(streams, **batch))
+    if args.service in ("engine", "all"):
+        chosen.append(svc.EngineService(streams, args.symbol or None, **batch))
+    if args.service in ("project", "all"):
+        url = args.store
+        if url is None:
+            if args.service == "project" or not args.dir:
+                raise CliError("give --store URL (sqlite:PATH or cql://HOST:PORT/KEYSPACE)")
+            url = f"sqlite:{Path(args.dir) / 'projection.db'}"
+        state_every = args.state_every
+
+        def store() -> Any:
+            return _open_store(url, read_only=False)
+
+        chosen.append(svc.ProjectService(streams, store, state_every))
+    stopper = svc.Stopper()
+    signal.signal(signal.SIGTERM, stopper.stop)
+    svc.run_services(
+        chosen,
+        stopper,
+        idle_exit_s=args.idle_exit_s,
+        outage_s_max=args.outage_s_max,
+        summary_every_s=args.log_every_s,
+    )
+    for service in chosen:
+        c = service.counters
+        print(f"{service.name}: {c.inputs} inputs, {c.outputs} outputs, {c.batches} batches, {c.retries} retries")
     return EXIT_OK
 
 
@@ -730,24 +729,50 @@ def _settlement_parsers(sub: Any) -> None:
 
 
 def _run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="run one service of the exchange")
+    from ledger.app.services import BATCH_WAIT_MS_DEFAULT, OUTAGE_S_MAX_DEFAULT, SUMMARY_EVERY_S_DEFAULT
+
+    run = sub.add_parser("run", help="run a service of the exchange (one per process, or all in one)")
     services = run.add_subparsers(dest="service", required=True)
-    up = services.add_parser("ubscore", help="UBSCore as a stage: balance.operations in, balance.events out")
-    up.add_argument("--commands", type=_nonempty, help="file log of balance.operations")
-    up.add_argument("--events", type=_nonempty, help="file log of balance.events (created if missing)")
-    up.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
-    up.add_argument("--kafka", type=_bootstrap, help="bootstrap servers; use topics instead of file logs")
-    up.add_argument("--commands-topic", default=layout.OPERATIONS)
-    up.add_argument("--events-topic", default=layout.EVENTS)
-    up.add_argument(
-        "--batch",
-        type=_integer(1, BATCH_COMMANDS_MAX),
-        default=BATCH_COMMANDS_DEFAULT,
-        help=f"commands per output batch: 1..{BATCH_COMMANDS_MAX:,}",
-    )
-    up.add_argument("--follow", action="store_true", help="keep polling for new commands")
-    up.add_argument("--idle-exit-s", type=_seconds, default=0.0, help="with --follow: exit after this idle time")
-    up.set_defaults(run=_cmd_run_ubscore)
+    helps = {
+        "ubscore": "UBSCore: balance.operations and every engine.outputs in, balance.events out",
+        "engine": "matching engines: balance.events in, each symbol's engine.outputs out",
+        "project": "the settlement projector: every stream into a store",
+        "all": "ubscore, engine and project in one process (file logs)",
+    }
+    for name, text in helps.items():
+        sp = services.add_parser(name, help=text)
+        sp.add_argument("--dir", type=_nonempty, help="a file-log deployment's directory (the logs are made in it)")
+        sp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of the Kafka cluster")
+        sp.add_argument("--topic-prefix", default="", help="with --kafka: a prefix on every topic and writer id")
+        sp.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
+        sp.add_argument(
+            "--batch",
+            type=_integer(1, BATCH_COMMANDS_MAX),
+            default=BATCH_COMMANDS_DEFAULT,
+            help=f"inputs per output batch (one append, one transaction): 1..{BATCH_COMMANDS_MAX:,}",
+        )
+        sp.add_argument(
+            "--batch-wait-ms",
+            type=_seconds,
+            default=BATCH_WAIT_MS_DEFAULT,
+            help="how long a batch may wait to fill once its first input is in",
+        )
+        sp.add_argument("--idle-exit-s", type=_seconds, default=0.0, help="exit after this long with nothing to do")
+        sp.add_argument(
+            "--outage-s-max",
+            type=_seconds,
+            default=OUTAGE_S_MAX_DEFAULT,
+            help="give up after this long of failing to reach a broker or database",
+        )
+        sp.add_argument(
+            "--log-every-s", type=_seconds, default=SUMMARY_EVERY_S_DEFAULT, help="the summary line's period (0: never)"
+        )
+        if name in ("engine", "all"):
+            sp.add_argument("--symbol", action="append", help="host this symbol (repeat; default: every symbol)")
+        if name in ("project", "all"):
+            sp.add_argument("--store", type=_store_url, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
+            sp.add_argument("--state-every", type=_integer(0), help="save the fold state every N events")
+        sp.set_defaults(run=_cmd_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -786,20 +811,24 @@ class _OneLineFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(command: str, everything: bool) -> Iterator[None]:
+def _logging_to_stderr(command: str, everything: bool, level: int | None = None) -> Iterator[None]:
     root = logging.getLogger()
     if root.handlers:  # the embedding program has its own
         yield
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter(command))
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(level or logging.WARNING)
+    level_before = root.level
+    if level is not None and root.level > level:
+        root.setLevel(level)
     handler.addFilter(_InputNotices(everything))
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(level_before)
 
 
 def _describe(error: BaseException) -> tuple[str, int]:
@@ -824,7 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "run" else f"run {args.service}"
-    with _logging_to_stderr(command, everything=bool(getattr(args, "follow", False))):
+    following = bool(getattr(args, "follow", False)) or args.command == "run"
+    with _logging_to_stderr(command, everything=following, level=logging.INFO if args.command == "run" else None):
         try:
             with relaxed_gc():
                 return int(args.run(args))

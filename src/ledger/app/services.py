@@ -281,7 +281,6 @@ class UBSCoreService:
     def open(self) -> None:
         """Rebuild the state from balance.events and place every input."""
         streams = self.streams
-        streams.create_inputs()
         events = self._events = streams.events(writer=True)
         claim = getattr(events, "producer", None)
         if claim is not None:
@@ -293,6 +292,7 @@ class UBSCoreService:
         snapshot = self.load_snapshot() if self.load_snapshot is not None else None
         core = self.core = replay(events, snapshot=snapshot)
         self._end = events.end_offset()
+        streams.create_inputs()  # after the replay: a log that fails it is left as it was
         commands = streams.commands()
         self._check_resume(commands, events, core)
         self._commands = _Input(commands, core.state.last_input_offset + 1, "commands")
@@ -633,7 +633,9 @@ class ProjectService:
                 first = halted[0]
                 detail = first.fault.detail if first.fault is not None else "halted"
                 raise ServiceError(f"project: every stream halted; {first.stream}: {detail}")
-        written = sum(r.written for r in report.streams)
+        total = sum(r.written for r in report.streams)  # since open(): the reports accumulate
+        written = total - self._written
+        self._written = total
         self._store.flush()
         counters = self.counters
         counters.inputs += written

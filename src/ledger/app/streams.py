@@ -101,6 +101,50 @@ class FileStreams:
         return end, end
 
 
+class MemoryStreams:
+    """A deployment in memory (tests, in-process wiring): every stream a ``MemoryLog``,
+    shared by every service given the same instance."""
+
+    def __init__(self) -> None:
+        from ledger.logs.base import MemoryLog
+
+        self.name = "memory"
+        self._new = MemoryLog
+        self.logs: dict[str, Any] = {}
+
+    def _log(self, stream: str) -> Log:
+        found = self.logs.get(stream)
+        if found is None:
+            found = self.logs[stream] = self._new(stream)
+        return found  # type: ignore[no-any-return]
+
+    def commands(self, writer: bool = False) -> Log:
+        return self._log(layout.OPERATIONS)
+
+    def events(self, writer: bool = False) -> Log:
+        return self._log(layout.EVENTS)
+
+    def outputs(self, symbol: str, writer: bool = False) -> Log:
+        if layout.output_stream(symbol) not in self.logs:
+            raise LogError(f"memory: no stream {layout.output_stream(symbol)}")
+        return self._log(layout.output_stream(symbol))
+
+    def create_outputs(self, symbol: str) -> None:
+        self._log(layout.output_stream(symbol))
+
+    def create_inputs(self) -> None:
+        self._log(layout.OPERATIONS)
+        self._log(layout.EVENTS)
+
+    def output_symbols(self) -> list[str]:
+        head = layout.OUTPUTS + "/"
+        return sorted(name[len(head) :] for name in self.logs if name.startswith(head))
+
+    def stable(self, log: Log) -> tuple[int, int]:
+        end = log.end_offset()
+        return end, end
+
+
 class KafkaStreams:
     """The streams of a Kafka cluster: the topics ``ledger.logs.layout`` names, one
     partition each today (the partition is always given, never chosen by a key hash)."""
@@ -139,7 +183,10 @@ class KafkaStreams:
         return self._open(self.topic(layout.OPERATIONS), self.shard, None)
 
     def events(self, writer: bool = False) -> Log:
-        writer_id = self.prefix + UBSCORE_WRITER.format(shard=self.shard) if writer else None
+        writer_id = None
+        if writer:
+            writer_id = self.prefix + UBSCORE_WRITER.format(shard=self.shard)
+            self._ensure(self.topic(layout.EVENTS))  # the writer makes its stream
         return self._open(self.topic(layout.EVENTS), self.shard, writer_id)
 
     def outputs(self, symbol: str, writer: bool = False) -> Log:
@@ -194,4 +241,13 @@ def seek_seq(log: Log, seq: int, seq_of: Callable[[bytes], int], start: int = 0)
     return low
 
 
-__all__ = ["ENGINE_WRITER", "FileStreams", "KafkaStreams", "LogError", "Streams", "UBSCORE_WRITER", "seek_seq"]
+__all__ = [
+    "ENGINE_WRITER",
+    "FileStreams",
+    "KafkaStreams",
+    "LogError",
+    "MemoryStreams",
+    "Streams",
+    "UBSCORE_WRITER",
+    "seek_seq",
+]
