@@ -122,6 +122,12 @@ def _build_scratch(scratch: Path, elsewhere: Path) -> None:
     with FileLog(scratch / "undecodable-ops", fsync=never) as log:
         log.append([b"\xc1 is never valid msgpack"])
 
+    # Deployments for `ledger run`: balance.events a file, or a log with a bad header.
+    (scratch / "events-file-deploy").mkdir()
+    (scratch / "events-file-deploy" / layout.EVENTS).write_text("not a log\n")
+    shutil.copytree(scratch / "badheader", layout.events_dir(scratch / "badheader-deploy"))
+    shutil.copytree(demo, scratch / "locked-deploy")
+
     # Unreadable to anyone but a process that may read anything.
     shutil.copytree(events, scratch / "unreadable-seg")
     (scratch / "unreadable-seg" / SEGMENT).chmod(0)
@@ -156,10 +162,12 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _build_scratch(scratch, tmp_path_factory.mktemp("cli-errors-elsewhere"))
     # A writer holds this log open for the whole module: a second writer is refused.
     held = FileLog(scratch / "locked-events", fsync=FsyncPolicy.NEVER)
+    held_deployment = FileLog(layout.events_dir(scratch / "locked-deploy"), fsync=FsyncPolicy.NEVER)
     try:
         yield scratch
     finally:
         held.close()
+        held_deployment.close()
         for path in (scratch / "unreadable-dir", scratch / "ro"):
             path.chmod(0o755)
 
@@ -238,10 +246,12 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("verify-source-credentials", IN_PROCESS, 2, ["verify", "--source", f"kafka://{CRED_KAFKA}", "--store", PROJ]),
     ("run-no-service", IN_PROCESS, 2, ["run"]),
     ("run-unknown-service", IN_PROCESS, 2, ["run", "matching"]),
-    ("batch-0", IN_PROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/ev", "--batch", "0"]),
-    ("batch-negative", IN_PROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/ev", "--batch", "-1"]),
-    ("batch-over-max", IN_PROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/ev", "--batch", "65537"]),
-    ("idle-exit-negative", IN_PROCESS, 2, ["run", "ubscore", "--follow", "--idle-exit-s", "-1"]),
+    ("batch-0", IN_PROCESS, 2, ["run", "ubscore", "--dir", "{S}/empty", "--batch", "0"]),
+    ("batch-negative", IN_PROCESS, 2, ["run", "engine", "--dir", "{S}/empty", "--batch", "-1"]),
+    ("batch-over-max", IN_PROCESS, 2, ["run", "ubscore", "--dir", "{S}/empty", "--batch", "65537"]),
+    ("idle-exit-negative", IN_PROCESS, 2, ["run", "ubscore", "--dir", "{S}/empty", "--idle-exit-s", "-1"]),
+    ("batch-wait-negative", IN_PROCESS, 2, ["run", "all", "--dir", "{S}/empty", "--batch-wait-ms", "-1"]),
+    ("outage-limit-not-a-number", IN_PROCESS, 2, ["run", "project", "--dir", D, "--outage-s-max", "soon"]),
     ("run-kafka-credentials", IN_PROCESS, 2, ["run", "ubscore", "--kafka", CRED_KAFKA]),
     ("run-fsync-choice", IN_PROCESS, 2, ["run", "ubscore", "--fsync", "maybe"]),
     # -- usage: combinations argparse cannot see
@@ -269,19 +279,11 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ),
     ("verify-no-log", IN_PROCESS, 2, ["verify", "--store", PROJ]),
     ("run-nothing", IN_PROCESS, 2, ["run", "ubscore"]),
-    ("run-commands-only", IN_PROCESS, 2, ["run", "ubscore", "--commands", OPS]),
-    (
-        "run-kafka-and-files",
-        IN_PROCESS,
-        2,
-        ["run", "ubscore", "--kafka", "127.0.0.1:9092", "--commands", OPS, "--events", "{S}/ev"],
-    ),
-    (
-        "run-idle-exit-without-follow",
-        IN_PROCESS,
-        2,
-        ["run", "ubscore", "--commands", OPS, "--events", "{S}/ev", "--idle-exit-s", "1"],
-    ),
+    ("run-old-stage-options", IN_PROCESS, 2, ["run", "ubscore", "--commands", OPS]),
+    ("run-kafka-and-files", IN_PROCESS, 2, ["run", "ubscore", "--kafka", "127.0.0.1:9092", "--dir", D]),
+    ("run-topic-prefix-with-files", IN_PROCESS, 2, ["run", "engine", "--dir", D, "--topic-prefix", "x-"]),
+    ("run-project-no-store", IN_PROCESS, 2, ["run", "project", "--dir", D]),
+    ("run-symbol-for-ubscore", IN_PROCESS, 2, ["run", "ubscore", "--dir", D, "--symbol", "BTC-USDT"]),
     ("gaps-memory-store", IN_PROCESS, 2, ["gaps", "--store", "sqlite::memory:"]),
     ("verify-memory-store", IN_PROCESS, 2, ["verify", "--log", D, "--store", "sqlite::memory:"]),
     ("gaps-sqlite-no-path", IN_PROCESS, 2, ["gaps", "--store", "sqlite:"]),
@@ -354,30 +356,15 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("verify-log-with-a-gap", SUBPROCESS, 1, ["verify", "--log", "{S}/gapped", "--store", "sqlite:{S}/halted.db"]),
     ("verify-store-behind", SUBPROCESS, 1, ["verify", "--log", D, "--store", "sqlite:{S}/halted.db"]),
     ("verify-store-behind-json", SUBPROCESS, 1, ["verify", "--log", D, "--store", "sqlite:{S}/halted.db", "--json"]),
-    # -- run ubscore: the output log is never created when the input is wrong
-    ("run-commands-missing", SUBPROCESS, 2, ["run", "ubscore", "--commands", "{S}/missing", "--events", "{S}/ev"]),
-    ("run-commands-empty-dir", SUBPROCESS, 2, ["run", "ubscore", "--commands", "{S}/empty", "--events", "{S}/ev"]),
-    ("run-commands-deployment-root", SUBPROCESS, 2, ["run", "ubscore", "--commands", D, "--events", "{S}/ev"]),
-    ("run-commands-is-a-file", SUBPROCESS, 2, ["run", "ubscore", "--commands", "{S}/afile", "--events", "{S}/ev"]),
-    ("run-commands-dir-named-seg", SUBPROCESS, 2, ["run", "ubscore", "--commands", "{S}/segdir", "--events", "{S}/ev"]),
-    ("run-commands-corrupt", SUBPROCESS, 2, ["run", "ubscore", "--commands", "{S}/corrupt-ops", "--events", "{S}/ev"]),
-    ("run-events-is-a-file", SUBPROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/afile"]),
-    ("run-events-deployment-root", SUBPROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", D]),
-    ("run-events-same-as-commands", SUBPROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", OPS]),
-    ("run-events-no-parent", SUBPROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/nodir/ev"]),
-    (
-        "run-events-held-by-another-writer",
-        SUBPROCESS,
-        2,
-        ["run", "ubscore", "--commands", OPS, "--events", "{S}/locked-events"],
-    ),
-    ("run-events-bad-segment", SUBPROCESS, 2, ["run", "ubscore", "--commands", OPS, "--events", "{S}/badheader"]),
-    (
-        "run-events-log-with-a-gap",
-        SUBPROCESS,
-        1,
-        ["run", "ubscore", "--commands", OPS, "--events", "{S}/gapped/balance.events"],
-    ),
+    # -- run: a deployment whose logs are wrong is left as it was
+    ("run-dir-missing", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/missing"]),
+    ("run-dir-is-a-file", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/afile"]),
+    ("run-engine-dir-is-a-file", SUBPROCESS, 2, ["run", "engine", "--dir", "{S}/afile"]),
+    ("run-events-is-a-file", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/events-file-deploy"]),
+    ("run-events-corrupt", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/corrupt-deploy"]),
+    ("run-events-held-by-another-writer", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/locked-deploy"]),
+    ("run-events-bad-segment", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/badheader-deploy"]),
+    ("run-events-log-with-a-gap", SUBPROCESS, 1, ["run", "ubscore", "--dir", "{S}/gapped"]),
     # -- permissions: as a process that cannot read what it is not allowed to
     ("unreadable-segment", UNPRIVILEGED, 2, ["replay", "--log", "{S}/unreadable-seg"]),
     ("unreadable-directory", UNPRIVILEGED, 2, ["replay", "--log", "{S}/unreadable-dir"]),
@@ -392,18 +379,7 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("gaps-unreadable-db", UNPRIVILEGED, 2, ["gaps", "--store", "sqlite:{S}/unreadable.db"]),
     ("project-store-read-only-dir", UNPRIVILEGED, 2, ["project", "--log", D, "--store", "sqlite:{S}/ro/x.db"]),
     ("demo-dir-read-only-parent", UNPRIVILEGED, 2, ["demo", "--dir", "{S}/ro/new", "--users", "20", "--orders", "10"]),
-    (
-        "run-commands-unreadable",
-        UNPRIVILEGED,
-        2,
-        ["run", "ubscore", "--commands", "{S}/unreadable-seg", "--events", "{S}/ev"],
-    ),
-    (
-        "run-commands-unreadable-dir",
-        UNPRIVILEGED,
-        2,
-        ["run", "ubscore", "--commands", "{S}/unreadable-dir", "--events", "{S}/ev"],
-    ),
+    ("run-events-unreadable", UNPRIVILEGED, 2, ["run", "ubscore", "--dir", "{S}/unreadable-deploy"]),
 ]
 
 
@@ -491,9 +467,10 @@ def test_run_ubscore_answers_an_undecodable_command_and_goes_on(scratch: Path, t
     from ledger.protocol.codec import EVENTS
     from ledger.protocol.reasons import Reason
 
-    events_dir = tmp_path / "events"
-    argv = [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", "--commands", str(scratch / "undecodable-ops"),
-            "--events", str(events_dir), "--fsync", "never"]
+    shutil.copytree(scratch / "undecodable-ops", layout.operations_dir(tmp_path))
+    events_dir = layout.events_dir(tmp_path)
+    argv = [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", "--dir", str(tmp_path), "--fsync", "never",
+            "--idle-exit-s", "0.5"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env())
     assert done.returncode == 0, done.stderr
     with FileLog(events_dir, readonly=True) as events:

@@ -1,6 +1,7 @@
-"""Crash recovery of the UBSCore stage: kill -9 at random points, restart, and the output
-is exactly what an uninterrupted run produces (nothing lost, nothing doubled). One drill,
-run on every log backend the stage deploys on: file logs and the real Kafka."""
+"""Crash recovery of the UBSCore service (``ledger run ubscore``): kill -9 at random
+points, restart, and the output is exactly what an uninterrupted run produces (nothing
+lost, nothing doubled). One drill, run on every log backend the service deploys on: file
+logs and the real Kafka. (No engine runs here, so the service only answers commands.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, MemoryLog, SequenceError
-from ledger.app.stage import UBSCoreStage
+from ledger import COMMANDS, EVENTS, FileLog, FsyncPolicy, SequenceError
+from ledger.app.services import Stopper, UBSCoreService, run_services
+from ledger.app.streams import MemoryStreams
+from ledger.logs import layout
 from ledger.logs.base import LogError, scan
 from ledger.rebuild import replay
 from support import seeded_commands
@@ -44,11 +47,11 @@ def commands() -> list:
 
 
 def uninterrupted_hash(commands: list) -> tuple[str, int]:
-    source, sink = MemoryLog(), MemoryLog()
-    source.append([COMMANDS.encode(c) for c in commands])
-    stage = UBSCoreStage(source, sink)
-    stage.run(batch_commands=200)
-    return stage.core.state_hash(), stage.core.state.seq
+    streams = MemoryStreams()
+    streams.commands(writer=True).append([COMMANDS.encode(c) for c in commands])
+    run_services([UBSCoreService(streams, batch_inputs=200, batch_wait_ms=0)], Stopper(), idle_exit_s=0.05)
+    core = replay(streams.events())
+    return core.state_hash(), core.state.seq
 
 
 def assert_exactly_once(events_log, command_count: int, expected_hash: str, expected_seq: int) -> None:
@@ -101,7 +104,8 @@ class StageLogs:
 
 
 def _stage_argv(drill: Drill, *logs: str) -> list[str]:
-    return [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", *logs, "--batch", str(drill.batch_commands)]
+    return [sys.executable, "-m", "ledger.app.cli", "run", "ubscore", *logs, "--batch", str(drill.batch_commands),
+            "--batch-wait-ms", "0", "--idle-exit-s", "2", "--log-every-s", "0"]
 
 
 def _file_events_written(events_dir: Path) -> int:
@@ -123,27 +127,31 @@ def stage_logs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stage
         return log
 
     if request.param == "file":
-        commands_dir, events_dir = tmp_path / "ops", tmp_path / "events"
+        commands_dir, events_dir = layout.operations_dir(tmp_path), layout.events_dir(tmp_path)
         yield StageLogs(
             FILE_DRILL,
             keep(FileLog(commands_dir, fsync=FsyncPolicy.NEVER)),
             lambda: keep(FileLog(events_dir, readonly=True)),
-            _stage_argv(FILE_DRILL, "--commands", str(commands_dir), "--events", str(events_dir)),
+            _stage_argv(FILE_DRILL, "--dir", str(tmp_path)),
             lambda: _file_events_written(events_dir),
         )
     else:
-        from ledger.logs.kafka import KafkaLog, ensure_topic
+        import uuid
 
-        source = keep(request.getfixturevalue("kafka_log_factory")())  # skips (and so fails CI) if down
-        events_topic = source.topic + "-events"
-        ensure_topic(source.bootstrap, events_topic)
-        watcher = keep(KafkaLog(source.bootstrap, events_topic))
+        from ledger.logs.kafka import KafkaLog, ensure_topic
+        from support import KAFKA_BOOTSTRAP
+
+        request.getfixturevalue("kafka_bootstrap")  # skips (and so fails CI) if down
+        prefix = f"crash-{uuid.uuid4().hex[:8]}-"
+        for topic in (layout.OPERATIONS, layout.EVENTS):
+            ensure_topic(KAFKA_BOOTSTRAP, prefix + topic)
+        source = keep(KafkaLog(KAFKA_BOOTSTRAP, prefix + layout.OPERATIONS))
+        watcher = keep(KafkaLog(KAFKA_BOOTSTRAP, prefix + layout.EVENTS))
         yield StageLogs(
             KAFKA_DRILL,
             source,
-            lambda: keep(KafkaLog(source.bootstrap, events_topic)),
-            _stage_argv(KAFKA_DRILL, "--kafka", source.bootstrap, "--commands-topic", source.topic,
-                        "--events-topic", events_topic),
+            lambda: keep(KafkaLog(KAFKA_BOOTSTRAP, prefix + layout.EVENTS)),
+            _stage_argv(KAFKA_DRILL, "--kafka", KAFKA_BOOTSTRAP, "--topic-prefix", prefix),
             watcher.end_offset,
         )
     for log in opened:
@@ -179,10 +187,12 @@ def test_ubscore_stage_killed_at_random_points_loses_and_doubles_nothing(stage_l
 
 
 def test_a_second_writer_is_detected_not_forked(tmp_path: Path, commands) -> None:
-    source, sink = MemoryLog(), MemoryLog()
-    source.append([COMMANDS.encode(c) for c in commands[:500]])
-    first = UBSCoreStage(source, sink)
-    second = UBSCoreStage(source, sink)
-    first.step(100)
+    streams = MemoryStreams()
+    streams.commands(writer=True).append([COMMANDS.encode(c) for c in commands[:500]])
+    first = UBSCoreService(streams, batch_inputs=100, batch_wait_ms=0)
+    second = UBSCoreService(streams, batch_inputs=100, batch_wait_ms=0)
+    first.open()
+    second.open()
+    first.step()
     with pytest.raises(SequenceError, match="another writer"):
-        second.step(100)
+        second.step()

@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 
 from ledger.app.streams import Streams, seek_seq
-from ledger.logs.base import CorruptRecordError, Log, LogError, WriterFencedError, scan
+from ledger.logs.base import CorruptRecordError, Log, LogError, LogMissingError, WriterFencedError, scan
 from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS, DecodeError
 from ledger.protocol.events import CancelRequested, OrderAccepted, Rejected, SymbolListed
 from ledger.protocol.outputs import EngineOutput
@@ -663,10 +663,14 @@ def is_retriable(error: BaseException) -> bool:
 
     if isinstance(error, (CorruptRecordError, WriterFencedError, DecodeError)):
         return False
+    if isinstance(error, LogMissingError):
+        return True  # an input its writer has not made yet
     if isinstance(error, LogError):
         from ledger.logs.kafka import KafkaConfigError
 
-        return not isinstance(error, KafkaConfigError)
+        # A broker that cannot be reached; a file log's other errors are damage or
+        # permissions, which waiting does not mend.
+        return str(error).startswith("kafka") and not isinstance(error, KafkaConfigError)
     return isinstance(error, StoreError)
 
 

@@ -74,6 +74,10 @@ class FileStreams:
         from ledger.logs.file import FileLog
 
         if writer:
+            if path.is_dir() and any(path.iterdir()):
+                # Read it first: opening a log for writing makes its LOCK file before it
+                # looks at the segments, and a damaged log must be left as it was.
+                FileLog(path, readonly=True).close()
             return FileLog(path, fsync=self.fsync)
         return FileLog(path, readonly=True)
 

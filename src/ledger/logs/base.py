@@ -21,6 +21,10 @@ class LogError(Exception):
     """A log could not be read or written; the message names the log and offset."""
 
 
+class LogMissingError(LogError):
+    """The log does not exist (yet): a reader started before its writer made it."""
+
+
 class WriterFencedError(LogError):
     """Another writer owns this log: a file log another process holds open for writing,
     or a Kafka transactional id a newer producer has claimed. The stream has one writer;

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ledger.logs.base import CorruptRecordError, LogError, ReadBatch, WriterFencedError
+from ledger.logs.base import CorruptRecordError, LogError, LogMissingError, ReadBatch, WriterFencedError
 from ledger.protocol.events import SCHEMA_VERSION
 from ledger.protocol.limits import INDEX_STRIDE_RECORDS, READ_RECORDS_MAX, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX
 
@@ -351,7 +351,7 @@ class FileLog:
         self._out: BinaryIO | None = None
         if readonly:
             if not self.path.is_dir():
-                raise LogError(f"{self.name}: no such directory")
+                raise LogMissingError(f"{self.name}: no such directory")
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
