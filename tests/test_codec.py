@@ -11,7 +11,7 @@ from hypothesis import given
 
 from ledger import AMOUNT_MAX, EVENTS, OUTPUTS, DecodeError, Deposited, FileLog, replay
 from ledger.logs.base import scan
-from ledger.protocol.codec import COMMANDS
+from ledger.protocol.codec import COMMANDS, WIDE_RECORD_EXT
 from ledger.protocol.events import BALANCE_EVENT_TYPES
 from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES
 from ledger.strategies import commands, engine_outputs, events
@@ -149,3 +149,61 @@ def test_an_older_events_log_replays_to_the_state_its_writer_had(fixture: str) -
     with FileLog(FIXTURES / fixture / "balance.events", readonly=True) as log:
         core = replay(log)
     assert (core.state_hash(), core.state.seq) == (manifest["state_hash"], manifest["last_seq"])
+
+
+# -- the wide form: records holding integers beyond 64 bits -----------------------------
+
+
+def test_a_record_with_an_amount_beyond_64_bits_is_written_whole_in_the_wide_form() -> None:
+    event = Deposited(1, 0, 5, 1, "ETH", 2**64, AMOUNT_MAX, 0)
+    data = EVENTS.encode(event)
+    ext = msgspec.msgpack.decode(data)
+    assert type(ext) is msgspec.msgpack.Ext and ext.code == WIDE_RECORD_EXT
+    assert msgspec.json.decode(ext.data) == ["Deposited", 1, 0, 5, 1, "ETH", 2**64, AMOUNT_MAX, 0, 0]
+    assert EVENTS.decode_wide(EVENTS.decode_or_wide(data)) == event
+    # Within 64 bits the record stays an ordinary msgpack array.
+    assert msgspec.msgpack.decode(EVENTS.encode(Deposited(1, 0, 5, 1, "ETH", 2**64 - 1, 1, 0)))[6] == 2**64 - 1
+
+
+def wide(*fields: object) -> bytes:
+    return msgspec.msgpack.encode(msgspec.msgpack.Ext(WIDE_RECORD_EXT, msgspec.json.encode(list(fields))))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (wide("Deposited", 1, 0, 5, 1, "BTC", 1.5, 2**70, 0), "got `float`"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", 1.0, 2**70, 0), "got `float`"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", str(2**70), 2, 0), "got `str`"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", True, 2**70, 0), "got `bool`"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", -(2**70), 2, 0), ">= 1"),
+        (wide("Deposited", 2**64, 0, 5, 1, "BTC", 2**70, 2, 0), "<= 9223372036854775807"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", 2**256, 2, 0), "amount: integer of 33 bytes (at most 32)"),
+        (wide("Minted", 1, 2**70), "Invalid value 'Minted'"),
+        (wide("Deposited", 1, 0, 5, 1, "BTC", 2**70, 2, 0)[:-3], "malformed"),
+        (msgspec.msgpack.encode(msgspec.msgpack.Ext(7, b"[]")), "extension type 7"),
+    ],
+)
+def test_a_bad_record_in_the_wide_form_fails_naming_where(data: bytes, says: str) -> None:
+    for decode in (EVENTS.decode, lambda d, w: EVENTS.decode_after(d, w, _refusal(d))):
+        with pytest.raises(DecodeError) as caught:
+            decode(data, "file log X offset 42")
+        assert "file log X offset 42" in str(caught.value)
+        assert says in str(caught.value)
+
+
+def _refusal(data: bytes) -> msgspec.MsgspecError:
+    try:
+        EVENTS.decode_plain(data)
+    except msgspec.MsgspecError as error:
+        return error
+    raise AssertionError("decode_plain accepted it")
+
+
+def test_a_command_quoted_with_a_big_negative_amount_round_trips_in_the_wide_form() -> None:
+    from ledger import Deposit, Rejected
+
+    event = Rejected(3, 2, 4, Deposit(7, 1, "ETH", -(2**200)))
+    assert EVENTS.decode(EVENTS.encode(event)) == event
+    with pytest.raises(ValueError, match=r"command\.amount: integer of 33 bytes .* cannot be encoded"):
+        EVENTS.encode(Rejected(3, 2, 4, Deposit(7, 1, "ETH", 2**256)))

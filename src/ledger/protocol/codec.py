@@ -115,10 +115,12 @@ def _oversized_int(value: Any, where: str = "") -> str:
             return ""
         size = (value.bit_length() + 8) // 8
         return f"{where or 'integer'}: integer of {size} bytes (at most {BIG_INT_BYTES_MAX})"
-    if not isinstance(value, msgspec.Struct):
-        return ""
     kind = type(value)
-    fields = _WIDE_FIELDS.get(kind) or _WIDE_FIELDS.setdefault(kind, _WideFields(kind))
+    fields = _WIDE_FIELDS.get(kind)
+    if fields is None:
+        if not isinstance(value, msgspec.Struct):
+            return ""
+        fields = _WIDE_FIELDS[kind] = _WideFields(kind)
     ints = fields.ints(value)
     try:
         fits = not ints or (max(ints) <= _BIG_INT_MAX and min(ints) >= _BIG_INT_MIN)
