@@ -4,8 +4,9 @@ msgpack integers stop at 64 bits, but amounts go up to ``AMOUNT_MAX`` (2**127 - 
 record holding an integer outside the signed/unsigned 64-bit range is written whole as
 msgpack extension type ``WIDE_RECORD_EXT``: its payload is the same record (the same
 tagged array) in msgspec's JSON, which holds integers of any size. Both forms go through
-msgspec's typed encoder and decoder, so a record with a big amount is decoded and checked
-by the same schema in C as any other: about as fast, and exactly as strict. Each record
+msgspec's typed encoder and decoder, so a record with a big amount is checked by the same
+schema in C as any other, exactly as strictly (it still costs a few times an ordinary
+record: the encoder's refusal is an exception; see docs/benchmarks.md). Each record
 says which form it is in (its first byte), so no reader needs a header to tell.
 
 Schema 2 and before wrote each big integer on its own as extension type ``BIG_INT_EXT``
