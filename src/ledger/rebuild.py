@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+from msgspec.msgpack import Ext
 
 from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log, scan
@@ -67,7 +68,8 @@ def _replay(
     # seq k + 1 is at offset k or later: start there and skip what is already applied.
     start_offset = min(start_seq, log.end_offset())
     bar = Progress(f"replay {log.name}", max(log.end_offset() - start_offset, 0), enabled=progress)
-    decode_plain = EVENTS.decode_plain
+    decode_or_wide = EVENTS.decode_or_wide
+    decode_wide = EVENTS.decode_wide
     decode_after = EVENTS.decode_after
     apply = core.apply
     applied = 0
@@ -77,10 +79,13 @@ def _replay(
                 offsets = batch.offsets
                 for i, raw in enumerate(batch.values):
                     try:
-                        event = decode_plain(raw)
+                        event = decode_or_wide(raw)
                     except msgspec.MsgspecError as error:
-                        # A big integer (decoded exactly) or a bad record (an error naming it).
+                        # A big integer of schema 2 (decoded exactly) or a bad record (an
+                        # error naming it).
                         event = decode_after(raw, f"{log.name} offset {offsets[i]}", error)
+                    if type(event) is Ext:  # a record holding an integer beyond 64 bits
+                        event = decode_wide(event, f"{log.name} offset {offsets[i]}")
                     seq = event.seq
                     if seq <= start_seq and applied == 0:
                         continue

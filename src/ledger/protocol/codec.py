@@ -1,34 +1,50 @@
 """msgpack encoding of commands and events, strict on the way in.
 
-msgpack integers stop at 64 bits, but amounts go up to ``AMOUNT_MAX`` (2**127 - 1). An
-integer outside the signed/unsigned 64-bit range is written as msgpack extension type
-``BIG_INT_EXT`` holding its two's-complement big-endian bytes. Records that hold no such
-integer (nearly all) take msgspec's typed fast path both ways; the others take an exact
-slower path. Decoding never coerces: a float, a string or a bool where an int belongs,
-an unknown tag or truncated bytes raise ``DecodeError`` naming where the record was.
+msgpack integers stop at 64 bits, but amounts go up to ``AMOUNT_MAX`` (2**127 - 1). A
+record holding an integer outside the signed/unsigned 64-bit range is written whole as
+msgpack extension type ``WIDE_RECORD_EXT``: its payload is the same record (the same
+tagged array) in msgspec's JSON, which holds integers of any size. Both forms go through
+msgspec's typed encoder and decoder, so a record with a big amount is checked by the same
+schema in C as any other, exactly as strictly (it still costs a few times an ordinary
+record: the encoder's refusal is an exception; see docs/benchmarks.md). Each record
+says which form it is in (its first byte), so no reader needs a header to tell.
+
+Schema 2 and before wrote each big integer on its own as extension type ``BIG_INT_EXT``
+(two's-complement big-endian bytes) inside an ordinary record; those records still decode
+exactly, by a slower path. Decoding never coerces: a float, a string or a bool where an
+int belongs, an unknown tag or extension type, or truncated bytes raise ``DecodeError``
+naming where the record was.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from operator import attrgetter
+from typing import Any, Generic, TypeVar, Union
 
 import msgspec
 
 from ledger.protocol.commands import COMMAND_TYPES, Command
 from ledger.protocol.events import BalanceEvent
-from ledger.protocol.limits import COMMAND_BYTES_MAX
+from ledger.protocol.limits import COMMAND_BYTES_MAX, INT64_MAX
 from ledger.protocol.outputs import EngineOutput
 
+# Read only: one integer beyond 64 bits, inside a record of schema 2 or before.
 BIG_INT_EXT = 1
+# A whole record holding an integer beyond 64 bits (schema 3 on), as msgspec JSON.
+WIDE_RECORD_EXT = 2
 # Valid amounts need at most 16 bytes (2**127 - 1). Commands may carry larger, invalid
-# amounts that UBSCore must reject and record, so the wire allows up to 32 bytes; the
-# encoder refuses anything longer rather than write a record no reader accepts.
+# amounts that UBSCore must reject and record, so the wire allows integers of up to 32
+# bytes (two's complement) in either form; the encoder refuses anything longer rather
+# than write a record no reader accepts.
 BIG_INT_BYTES_MAX = 32
+_BIG_INT_MIN = -(2 ** (8 * BIG_INT_BYTES_MAX - 1))
+_BIG_INT_MAX = 2 ** (8 * BIG_INT_BYTES_MAX - 1) - 1
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
+_Ext = msgspec.msgpack.Ext
 
 T = TypeVar("T")
 
@@ -55,35 +71,72 @@ class CommandError(ValueError):
         self.problem = problem
 
 
-def _int_to_ext(value: int) -> msgspec.msgpack.Ext:
-    size = (value.bit_length() + 8) // 8
-    if size > BIG_INT_BYTES_MAX:
-        raise ValueError(f"integer of {size} bytes cannot be encoded (at most {BIG_INT_BYTES_MAX})")
-    return msgspec.msgpack.Ext(BIG_INT_EXT, value.to_bytes(size, "big", signed=True))
-
-
-def _big_ints_to_ext(obj: Any) -> Any:
-    """Replace every integer beyond 64 bits in ``obj`` (the fresh lists of
-    ``msgspec.to_builtins``, changed in place) by its ``BIG_INT_EXT`` extension."""
-    if type(obj) is int:
-        return obj if _INT64_MIN <= obj <= _UINT64_MAX else _int_to_ext(obj)
-    if type(obj) is list:
-        for i, item in enumerate(obj):
-            kind = type(item)
-            if kind is int:
-                if not _INT64_MIN <= item <= _UINT64_MAX:
-                    obj[i] = _int_to_ext(item)
-            elif kind is list:
-                _big_ints_to_ext(item)
-    return obj
-
-
 def _ext_to_int(code: int, data: memoryview) -> int:
     if code != BIG_INT_EXT:
         raise ValueError(f"unknown msgpack extension type {code}")
     if not 0 < len(data) <= BIG_INT_BYTES_MAX:
         raise ValueError(f"big integer of {len(data)} bytes (at most {BIG_INT_BYTES_MAX})")
     return int.from_bytes(data, "big", signed=True)
+
+
+class _WideFields:
+    """Where a record of one type may hold an integer beyond 64 bits: its int fields with
+    no 64-bit bound (read together by ``ints``) and its fields that hold records."""
+
+    __slots__ = ("names", "ints", "nested")
+
+    def __init__(self, kind: type) -> None:
+        names: list[str] = []
+        nested: list[str] = []
+        for field in msgspec.inspect.type_info(kind).fields:  # type: ignore[attr-defined]
+            types = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+            for member in types:
+                if isinstance(member, msgspec.inspect.IntType) and (member.le is None or member.le > INT64_MAX):
+                    names.append(field.name)
+                elif isinstance(member, msgspec.inspect.StructType):
+                    nested.append(field.name)
+                    break
+        self.names = tuple(names)
+        # attrgetter of one name returns the value, of several a tuple: always a tuple.
+        self.ints: Callable[[Any], tuple[Any, ...]] = (
+            attrgetter(*names) if len(names) > 1 else (lambda record: (getattr(record, names[0]),)) if names
+            else (lambda record: ())
+        )
+        self.nested = tuple(nested)
+
+
+_WIDE_FIELDS: dict[type, _WideFields] = {}
+
+
+def _oversized_int(value: Any, where: str = "") -> str:
+    """What names an integer in ``value`` (an int or a record, looked into where the
+    schema allows integers beyond 64 bits) longer than ``BIG_INT_BYTES_MAX`` bytes, or ''."""
+    if type(value) is int:
+        if _BIG_INT_MIN <= value <= _BIG_INT_MAX:
+            return ""
+        size = (value.bit_length() + 8) // 8
+        return f"{where or 'integer'}: integer of {size} bytes (at most {BIG_INT_BYTES_MAX})"
+    kind = type(value)
+    fields = _WIDE_FIELDS.get(kind)
+    if fields is None:
+        if not isinstance(value, msgspec.Struct):
+            return ""
+        fields = _WIDE_FIELDS[kind] = _WideFields(kind)
+    ints = fields.ints(value)
+    try:
+        fits = not ints or (max(ints) <= _BIG_INT_MAX and min(ints) >= _BIG_INT_MIN)
+    except TypeError:  # a badly typed field beside a big one: look at each
+        fits = False
+    if not fits:
+        for name, item in zip(fields.names, ints, strict=True):
+            problem = _oversized_int(item, f"{where}{name}") if type(item) is int else ""
+            if problem:
+                return problem
+    for name in fields.nested:
+        problem = _oversized_int(getattr(value, name), f"{where}{name}.")
+        if problem:
+            return problem
+    return ""
 
 
 class Codec(Generic[T]):
@@ -94,6 +147,11 @@ class Codec(Generic[T]):
         self.name = name
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(union)
+        # The same, but a record in the wide form comes back as its Ext instead of raising:
+        # a raise and catch costs more than decoding a record.
+        self._decoder_or_wide = msgspec.msgpack.Decoder(Union[union, _Ext])  # noqa: UP007
+        self._wide_encoder = msgspec.json.Encoder()
+        self._wide_decoder = msgspec.json.Decoder(union)
         # Records are tagged arrays whose first element names the type. Converting to
         # that one class is about 8x faster than converting to the whole union (msgspec
         # re-examines a Union on every convert call): 0.85 us against 7 us a record.
@@ -103,33 +161,69 @@ class Codec(Generic[T]):
         }
 
     def encode(self, record: T) -> bytes:
-        """Encode one record to msgpack bytes."""
+        """Encode one record to msgpack bytes (the wide form if it holds an integer beyond
+        64 bits); ``ValueError`` if an integer is too long for any reader."""
         try:
             return self._encoder.encode(record)
         except OverflowError:
-            return self._encoder.encode(_big_ints_to_ext(msgspec.to_builtins(record)))
+            problem = _oversized_int(record)
+            if problem:
+                raise ValueError(f"{problem} cannot be encoded") from None
+            return self._encoder.encode(_Ext(WIDE_RECORD_EXT, self._wide_encoder.encode(record)))
 
     @property
     def decode_plain(self) -> Callable[[bytes | memoryview], T]:
-        """msgspec's typed decoder alone, for loops over many records: it decodes every
-        record without a big integer and raises ``msgspec.MsgspecError`` on the rest;
-        pass those to ``decode_after`` (the big-integer path, or the error naming
-        ``where``). Saves a Python call per record over ``decode``."""
+        """msgspec's typed decoder alone: it decodes every record in the ordinary form and
+        raises ``msgspec.MsgspecError`` on the rest; pass those to ``decode_after`` (the
+        other forms, or the error naming ``where``). Saves a Python call per record over
+        ``decode``; loops over logs that hold many wide records want ``decode_or_wide``."""
         return self._decoder.decode  # type: ignore[no-any-return]
+
+    @property
+    def decode_or_wide(self) -> Callable[[bytes | memoryview], T | msgspec.msgpack.Ext]:
+        """Like ``decode_plain``, but a record in the wide form (or any extension at the
+        top) comes back as its ``msgspec.msgpack.Ext``, without an exception: finish it
+        with ``decode_wide``. Raises ``msgspec.MsgspecError`` on the rest, for
+        ``decode_after``."""
+        return self._decoder_or_wide.decode  # type: ignore[no-any-return]
 
     def decode(self, data: bytes | memoryview, where: str = "record") -> T:
         """Decode one record; raise ``DecodeError`` (naming ``where``) if it is not one."""
         try:
-            return self._decoder.decode(data)  # type: ignore[no-any-return]
+            record = self._decoder_or_wide.decode(data)
         except msgspec.MsgspecError as error:
             return self.decode_after(data, where, error)
+        if type(record) is _Ext:
+            return self.decode_wide(record, where)
+        return record  # type: ignore[no-any-return]
+
+    def decode_wide(self, ext: msgspec.msgpack.Ext, where: str = "record") -> T:
+        """Decode a record in the wide form from its extension (``decode_or_wide`` gives
+        it); raise ``DecodeError`` naming ``where`` if it is not one."""
+        if ext.code != WIDE_RECORD_EXT:
+            raise DecodeError(where, f"not a valid {self.name}: unknown msgpack extension type {ext.code}")
+        try:
+            record = self._wide_decoder.decode(ext.data)
+        except msgspec.MsgspecError as error:
+            raise DecodeError(where, f"not a valid {self.name}: {error}") from None
+        problem = _oversized_int(record)
+        if problem:
+            raise DecodeError(where, f"not a valid {self.name}: {problem}")
+        return record  # type: ignore[no-any-return]
 
     def decode_after(self, data: bytes | memoryview, where: str, error: msgspec.MsgspecError) -> T:
-        """Finish decoding a record the typed decoder refused with ``error``: a record
-        with a big integer is decoded exactly; anything else raises ``DecodeError``."""
+        """Finish decoding a record the typed decoder refused with ``error``: a record in
+        the wide form, or of schema 2 or before with a big integer, is decoded exactly;
+        anything else raises ``DecodeError``."""
         if isinstance(error, msgspec.ValidationError):
             if "got `ext`" in str(error):
-                return self._decode_big(data, where)
+                try:
+                    wide = self._decoder_or_wide.decode(data)
+                except msgspec.MsgspecError:
+                    return self._decode_big(data, where)
+                if type(wide) is _Ext:
+                    return self.decode_wide(wide, where)
+                return wide  # type: ignore[no-any-return]
             raise DecodeError(where, f"not a valid {self.name}: {error}") from None
         raise DecodeError(where, f"malformed {self.name} bytes: {error}") from None
 

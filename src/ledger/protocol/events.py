@@ -20,10 +20,12 @@ from ledger.protocol.commands import Command, Int64, OrderType, SelfTrade, Side,
 from ledger.protocol.limits import INT64_MAX
 from ledger.protocol.market import Asset, Symbol
 
-# Bumped whenever a field is appended to any record type. Readers accept every version
-# up to their own; records carry no per-record version because trailing defaults make
-# older records decode unchanged.
-SCHEMA_VERSION = 2
+# Bumped whenever a field is appended to any record type or the wire form changes (3: a
+# record holding an integer beyond 64 bits is written whole in the codec's wide form).
+# Readers accept every version up to their own; records carry no per-record version
+# because trailing defaults make older records decode unchanged, and each record's form
+# is told by its first byte.
+SCHEMA_VERSION = 3
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
