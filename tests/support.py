@@ -16,13 +16,25 @@ from typing import Any
 
 from ledger.app.demo import Workload
 from ledger.app.exchange import Exchange
-from ledger.logs.base import MemoryLog
-from ledger.protocol.commands import Command, ListAsset, ListSymbol, OrderType, Side, TimeInForce
-from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.logs import layout
+from ledger.logs.base import Log, MemoryLog, scan
+from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS, DecodeError
+from ledger.protocol.commands import CancelOrder, Command, ListAsset, ListSymbol, OrderType, Side, TimeInForce
+from ledger.protocol.events import (
+    BalanceEvent,
+    CancelRequested,
+    FundsUnlocked,
+    OrderAccepted,
+    Rejected,
+    SymbolListed,
+    TradeSettled,
+)
 from ledger.protocol.market import Asset, Symbol
 from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
 from ledger.protocol.reasons import Reason
+from ledger.rebuild import replay
 from ledger.ubscore import UBSCore
+from matching.engine import MatchingEngine
 
 # -- real services ----------------------------------------------------------------------
 # Where the servers scripts/services.sh starts listen; conftest.py probes them.
@@ -234,3 +246,89 @@ def run_workload(seed: int, orders: int, users: int = 12, symbols: int = 2) -> t
         batch = [workload.next(ts_ms=start + i) for i in range(min(250, orders - start))]
         workload.observe(exchange.submit(batch))
     return exchange, outputs
+
+
+# -- outcomes of two runs of the same commands, keyed by client request ------------------
+
+
+def records(log: Log) -> list[bytes]:
+    return [bytes(v) for batch in scan(log) for v in batch.values]
+
+
+def outcome(commands: Log, events: Log, outputs: dict[str, Log]) -> dict[str, Any]:
+    """Everything two runs of the same commands must agree on, keyed by request."""
+    core = replay(events)
+    state = core.state
+    by_order: dict[int, tuple[int, int]] = {}
+    answers: dict[tuple[int, int], tuple[str, int]] = {}
+    trades: dict[str, list[tuple[Any, ...]]] = {}
+    ends: dict[tuple[int, int], int] = {}
+    filled: dict[tuple[int, int], int] = {}
+    command_at: dict[int, Any] = {}
+    for batch in scan(commands):
+        for offset, raw in zip(batch.offsets, batch.values, strict=True):
+            try:
+                command_at[offset] = COMMANDS.decode(raw)
+            except DecodeError:
+                command_at[offset] = None  # answered MALFORMED_COMMAND
+    for raw in records(events):
+        event = EVENTS.decode(raw)
+        kind = type(event)
+        if kind is OrderAccepted:
+            by_order[event.order_id] = (event.user, event.request_id)
+        if getattr(event, "input_offset", -1) >= 0:
+            command = command_at[event.input_offset]
+            if command is not None and type(command) is not CancelOrder and hasattr(command, "user"):
+                reason = event.reason if kind is Rejected else 0
+                answers[(command.user, command.request_id)] = (kind.__name__, reason)
+        elif kind is TradeSettled:
+            maker, taker = by_order[event.maker_order_id], by_order[event.taker_order_id]
+            trades.setdefault(event.symbol, []).append(
+                (maker, taker, event.price, event.qty, event.maker_fee, event.taker_fee, event.taker_refund)
+            )
+            filled[maker] = filled.get(maker, 0) + event.qty
+            filled[taker] = filled.get(taker, 0) + event.qty
+        elif kind is FundsUnlocked:
+            ends[by_order[event.order_id]] = event.reason
+    books = {}
+    for symbol, log in sorted(outputs.items()):
+        engine = MatchingEngine(symbol)
+        for raw in records(log):
+            engine.apply(OUTPUTS.decode(raw))
+        canonical = engine.canonical()
+        books[symbol] = [
+            [(by_order[o], price, remaining) for o, _user, price, remaining in canonical[side]]
+            for side in ("bids", "asks")
+        ]
+    balances = {
+        (user, asset.code): state.balance(user, asset.code) for user in sorted(state.accounts) for asset in state.assets
+    }
+    open_orders = sorted(by_order[o] for o in state.orders)
+    return {
+        "balances": balances,
+        "trades": trades,
+        "ends": ends,
+        "filled": filled,
+        "books": books,
+        "answers": answers,
+        "open": open_orders,
+        "conservation": state.conservation_problems(),
+    }
+
+
+def in_process(commands: list[Any], batch: int = 1_000) -> tuple[Exchange, dict[str, MemoryLog]]:
+    outputs: dict[str, MemoryLog] = {}
+
+    def output_log(symbol: str) -> MemoryLog:
+        outputs[symbol] = MemoryLog(layout.output_stream(symbol))
+        return outputs[symbol]
+
+    exchange = Exchange(MemoryLog(layout.OPERATIONS), MemoryLog(layout.EVENTS), output_log)
+    for start in range(0, len(commands), batch):
+        exchange.submit(commands[start : start + batch])
+    return exchange, outputs
+
+
+def exchange_outcome(commands: list[Any]) -> dict[str, Any]:
+    exchange, outputs = in_process(commands)
+    return outcome(exchange.operations, exchange.events, outputs)

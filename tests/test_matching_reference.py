@@ -42,7 +42,15 @@ from ledger.protocol.commands import (
 )
 from ledger.protocol.events import CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.market import Asset, Symbol
-from ledger.protocol.outputs import ENGINE_OUTPUT_TYPES, BookOpened, OrderCancelled, OrderExpired, OrderRejected, OrderRested, Trade
+from ledger.protocol.outputs import (
+    ENGINE_OUTPUT_TYPES,
+    BookOpened,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderRested,
+    Trade,
+)
 from ledger.protocol.reasons import Reason
 from ledger.ubscore import UBSCore
 from matching.book import OrderBook

@@ -1,0 +1,256 @@
+"""The services (``ledger.app.services``): UBSCore, the engines and the projector as their
+own loops over logs. In memory here (every rule, fast); the same services as separate OS
+processes over the real Kafka and Cassandra are in test_pipeline.py.
+
+What every test compares is the outcome, keyed by client request ``(user, request_id)``
+(order ids differ between runs that interleave settlement differently): balances,
+trades in order, each order's end and filled quantity, each book's resting orders, and
+the answer to every command that is not a cancel."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from ledger import COMMANDS, EVENTS, OUTPUTS, Deposit, SequenceError
+from ledger.app.load import planned_workload
+from ledger.app.services import (
+    EngineService,
+    ProjectService,
+    ServiceError,
+    Stopper,
+    UBSCoreService,
+    run_services,
+)
+from ledger.app.streams import MemoryStreams
+from ledger.logs import layout
+from ledger.protocol.codec import DecodeError
+from ledger.protocol.commands import CancelOrder, PlaceOrder, Side
+from ledger.protocol.events import Rejected, TradeSettled
+from ledger.protocol.reasons import Reason
+from ledger.rebuild import replay
+from support import BTC, USDT, assert_conserved, exchange_outcome, outcome, records
+
+
+def streams_outcome(streams: MemoryStreams) -> dict[str, Any]:
+    outputs = {s: streams.outputs(s) for s in streams.output_symbols()}
+    return outcome(streams.commands(), streams.events(), outputs)
+
+
+def run_quiet(services: list[Any]) -> None:
+    run_services(services, Stopper(), idle_exit_s=0.05, summary_every_s=0)
+
+
+def send(streams: MemoryStreams, commands: list[Any]) -> None:
+    streams.commands(writer=True).append([COMMANDS.encode(c) for c in commands])
+
+
+def services(streams: MemoryStreams, batch: int = 200) -> list[Any]:
+    return [UBSCoreService(streams, batch, 0), EngineService(streams, None, batch, 0)]
+
+
+# -- the reference scenarios ------------------------------------------------------------
+
+
+def reference_setup() -> list[Any]:
+    from ledger import Asset, ListAsset, ListSymbol
+    from support import BTC_USDT
+
+    return [ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)), ListSymbol(3, BTC_USDT)]
+
+
+def test_reference_scenario_one_trade_with_exact_fees_through_the_services() -> None:
+    streams = MemoryStreams()
+    send(streams, reference_setup() + [Deposit(1001, 1, "BTC", 1 * BTC), Deposit(1002, 1, "USDT", 20_000 * USDT)])
+    send(streams, [PlaceOrder(1001, 2, "BTC-USDT", Side.SELL, qty=50, price=150)])
+    send(streams, [PlaceOrder(1002, 2, "BTC-USDT", Side.BUY, qty=50, price=150)])
+    run_quiet(services(streams))
+    core = replay(streams.events())
+    state = core.state
+    (trade,) = [e for e in map(EVENTS.decode, records(streams.events())) if type(e) is TradeSettled]
+    assert (trade.qty, trade.price, trade.base_amount, trade.quote_amount) == (50, 150, BTC // 2, 75 * USDT)
+    assert (trade.maker_fee, trade.taker_fee, trade.taker_refund) == (75_000, 100_000, 0)
+    assert state.balance(1001, "BTC") == (BTC // 2, 0)
+    assert state.balance(1001, "USDT") == (75 * USDT - 75_000, 0)
+    assert state.balance(1002, "BTC") == (BTC // 2 - 100_000, 0)
+    assert state.balance(1002, "USDT") == (20_000 * USDT - 75 * USDT, 0)
+    assert state.balance(0, "BTC") == (100_000, 0)
+    assert state.balance(0, "USDT") == (75_000, 0)
+    assert state.orders == {}
+    assert_conserved(core)
+
+
+def test_reference_scenario_self_trade_through_the_services_releases_every_lock() -> None:
+    streams = MemoryStreams()
+    send(streams, reference_setup() + [Deposit(2001, 1, "BTC", 1 * BTC), Deposit(2001, 2, "USDT", 1_000 * USDT)])
+    send(streams, [PlaceOrder(2001, 3, "BTC-USDT", Side.SELL, qty=1, price=50_000)])
+    send(streams, [PlaceOrder(2001, 4, "BTC-USDT", Side.BUY, qty=1, price=50_000)])
+    running = services(streams)
+    run_quiet(running)
+    state = replay(streams.events()).state
+    assert state.balance(2001, "USDT") == (1_000 * USDT, 0)
+    assert state.balance(2001, "BTC") == (BTC - BTC // 100, BTC // 100)  # the sell still rests
+    # Cancelled by its client order id: the placing request, not the order id.
+    send(streams, [CancelOrder(2001, 5, 0, order_request_id=3)])
+    run_quiet(running)
+    core = replay(streams.events())
+    assert core.state.balance(2001, "BTC") == (BTC, 0)
+    assert core.state.orders == {}
+    assert_conserved(core)
+
+
+# -- the services against the in-process exchange -----------------------------------------
+
+
+def test_a_planned_workload_ends_as_in_the_in_process_exchange() -> None:
+    commands = planned_workload(seed=5, commands=4_000, users=60, symbols=3)
+    streams = MemoryStreams()
+    send(streams, commands)
+    run_quiet(services(streams, batch=150))
+    got, expected = streams_outcome(streams), exchange_outcome(commands)
+    assert got["conservation"] == [] and expected["conservation"] == []
+    for key in ("balances", "trades", "ends", "filled", "books", "answers", "open"):
+        assert got[key] == expected[key], key
+    assert sum(len(t) for t in got["trades"].values()) > 200  # the workload trades, it does not just rest
+    assert any(r for side in got["books"].values() for r in side)
+
+
+def test_restarts_at_random_points_end_the_same() -> None:
+    """A service object thrown away at any batch (a crash: nothing but the logs survive)
+    and a new one opened on the same logs goes on as if nothing happened."""
+    commands = planned_workload(seed=8, commands=2_500, users=40, symbols=2)
+    streams = MemoryStreams()
+    send(streams, commands)
+    rng = random.Random(3)
+    for _round in range(12):
+        ubscore = UBSCoreService(streams, rng.randint(1, 90), 0)
+        engine = EngineService(streams, None, rng.randint(1, 90))
+        ubscore.open()
+        engine.open()
+        for _ in range(rng.randint(1, 15)):
+            ubscore.step()
+            engine.step()
+        ubscore.close()
+        engine.close()
+    run_quiet(services(streams))
+    got, expected = streams_outcome(streams), exchange_outcome(commands)
+    for key in ("balances", "trades", "ends", "filled", "books", "answers", "open"):
+        assert got[key] == expected[key], key
+
+
+def test_engines_hosting_one_symbol_each_equal_one_hosting_all() -> None:
+    commands = planned_workload(seed=2, commands=1_500, users=30, symbols=3)
+    one, many = MemoryStreams(), MemoryStreams()
+    send(one, commands)
+    send(many, commands)
+    run_quiet(services(one))
+    run_quiet([UBSCoreService(many, 200, 0)] + [EngineService(many, [s], 200, 0) for s in ("BTC-USDT", "ETH-USDT")]
+              + [EngineService(many, ["SOL-USDT"], 200, 0)])
+    assert {s: records(one.outputs(s)) for s in one.output_symbols()} == {
+        s: records(many.outputs(s)) for s in many.output_symbols()
+    }
+    assert records(one.events()) == records(many.events())
+
+
+def test_a_symbol_listed_while_running_is_picked_up_by_every_reader(tmp_path) -> None:
+    from settlement.sqlite import SQLiteStore
+
+    commands = planned_workload(seed=4, commands=600, users=10, symbols=2)
+    streams = MemoryStreams()
+    send(streams, commands)
+    store_path = tmp_path / "p.db"
+    running = services(streams) + [ProjectService(streams, lambda: SQLiteStore(store_path))]
+    run_quiet(running)
+    assert streams.output_symbols() == ["BTC-USDT", "ETH-USDT"]
+    from ledger import ListSymbol, Symbol
+
+    later = [ListSymbol(10**8, Symbol("SOL-USDT", "SOL", "USDT", 10**8, 1)), Deposit(1, 10**8 + 1, "SOL", 10**10),
+             PlaceOrder(1, 10**8 + 2, "SOL-USDT", Side.SELL, 3, 1_500)]
+    send(streams, later)
+    run_quiet(running)
+    assert streams.output_symbols() == ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
+    rested = [OUTPUTS.decode(r) for r in records(streams.outputs("SOL-USDT"))]
+    assert [type(o).__name__ for o in rested] == ["BookOpened", "OrderRested"]
+    from settlement import verify_store
+
+    store = SQLiteStore(store_path)
+    report = verify_store(store, streams.events(), layout.EVENTS)
+    assert report.ok, report.differences
+    assert {c.stream for c in [store.checkpoint(layout.output_stream("SOL-USDT"))] if c is not None}
+    store.close()
+
+
+# -- holes: each reproduced, now closed -------------------------------------------------
+
+
+def test_a_second_ubscore_on_the_same_stream_stops_instead_of_forking() -> None:
+    streams = MemoryStreams()
+    send(streams, planned_workload(seed=1, commands=300, users=5, symbols=1))
+    first, second = UBSCoreService(streams, 50, 0), UBSCoreService(streams, 50, 0)
+    first.open()
+    second.open()
+    first.step()
+    with pytest.raises(SequenceError, match="another writer"):
+        second.step()
+
+
+def test_an_event_stating_a_later_command_offset_is_refused_on_resume() -> None:
+    """Hole 3: one event appended from outside while UBSCore was stopped, stating a later
+    input offset, made a restart skip every command before it in silence."""
+    commands = planned_workload(seed=3, commands=400, users=5, symbols=1)
+    streams = MemoryStreams()
+    send(streams, commands[:200])
+    run_quiet([UBSCoreService(streams, 50, 0)])
+    send(streams, commands[200:])
+    core = replay(streams.events())
+    # A forged answer to the command at offset 350 (its deposit), appended from outside.
+    forged_offset = next(i for i in range(300, 400) if type(commands[i]) is Deposit)
+    c = commands[forged_offset]
+    forged = core.execute(c, forged_offset)
+    streams.events().append([EVENTS.encode(e) for e in forged])
+    with pytest.raises(ServiceError, match="skipped command"):
+        run_quiet([UBSCoreService(streams, 50, 0)])
+
+
+def test_an_answer_to_an_offset_holding_no_command_is_refused_on_resume() -> None:
+    commands = planned_workload(seed=3, commands=100, users=5, symbols=1)
+    streams = MemoryStreams()
+    send(streams, commands)
+    run_quiet([UBSCoreService(streams, 50, 0)])
+    core = replay(streams.events())
+    beyond = streams.commands().end_offset() + 5
+    streams.events().append([EVENTS.encode(e) for e in core.execute(Deposit(9, 10**9, "USDT", 5), beyond)])
+    with pytest.raises(ServiceError, match="holds no record"):
+        run_quiet([UBSCoreService(streams, 50, 0)])
+
+
+def test_a_null_record_is_a_malformed_command_but_corruption_on_our_own_streams() -> None:
+    """Hole 4: a tombstone (read as an empty record) on balance.operations is answered
+    MALFORMED_COMMAND and the service goes on; on balance.events or an engine's stream it
+    stops the reader with an error naming the offset, never a TypeError."""
+    commands = planned_workload(seed=6, commands=200, users=5, symbols=1)
+
+    def deployment() -> MemoryStreams:
+        streams = MemoryStreams()
+        send(streams, commands[:100])
+        streams.commands(writer=True).append([b""])
+        send(streams, commands[100:])
+        run_quiet(services(streams))
+        return streams
+
+    streams = deployment()
+    answers = [EVENTS.decode(r) for r in records(streams.events())]
+    (malformed,) = [e for e in answers if type(e) is Rejected and e.reason == Reason.MALFORMED_COMMAND]
+    assert malformed.input_offset == 100 and malformed.record_bytes == 0
+    end = streams.events().end_offset()
+    streams.events().append([b""])
+    with pytest.raises(DecodeError, match=f"{layout.EVENTS} offset {end}"):
+        run_quiet([EngineService(streams, None, 50, 0)])
+    streams = deployment()
+    output = streams.outputs("BTC-USDT")
+    end = output.end_offset()
+    output.append([b""])
+    with pytest.raises(DecodeError, match=f"offset {end}"):
+        run_quiet([UBSCoreService(streams, 50, 0)])
