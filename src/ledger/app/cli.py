@@ -591,9 +591,9 @@ def _print_answers(answers: Any) -> None:
 def _answers_failure(answers: Any) -> str:
     first = answers.problems[0]
     return (
-        f"{answers.problems_total:,} commands not answered exactly once in {answers.events_log} "
-        f"({answers.unanswered:,} unanswered, {answers.answered_twice:,} answered twice, "
-        f"{answers.no_such_command:,} answers naming no command in {answers.commands_log}, "
+        f"{answers.events_log} does not answer every command of {answers.commands_log} exactly once: "
+        f"{answers.problems_total:,} problems ({answers.unanswered:,} unanswered, "
+        f"{answers.answered_twice:,} answered twice, {answers.no_such_command:,} answers naming no command, "
         f"{answers.out_of_order:,} out of order); the first: {first.detail}"
     )
 
@@ -618,6 +618,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         body = msgspec.to_builtins(report)
         if answers is not None:
             body["answers"] = msgspec.to_builtins(answers)
+            body["ok"] = report.ok and answers.ok  # every check the command ran
         sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
     else:
         print(f"store:        {store.name}")
