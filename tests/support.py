@@ -206,7 +206,8 @@ def assert_conserved(core: UBSCore) -> None:
             assert account[2 * index + 1] == locked.get((user, index), 0), (user, index)
     # The open orders by placing request are exactly the open orders: an ended order
     # leaves no entry behind, so the map is bounded by the open orders.
-    named = {(order[0] << 64) | order[8]: order_id for order_id, order in core.state.orders.items()}
+    named = {order[8]: order_id for order_id, order in core.state.orders.items()}
+    assert all(key >> 64 == core.state.orders[order_id][0] for key, order_id in named.items())
     assert core.state.order_ids_by_request == named
 
 

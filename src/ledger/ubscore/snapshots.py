@@ -14,7 +14,7 @@ import msgspec
 from ledger.protocol.commands import OrderType, Side
 from ledger.protocol.events import SCHEMA_VERSION
 from ledger.protocol.market import Asset, Symbol
-from ledger.ubscore.state import O_REQUEST, O_USER, SnapshotError, State, SymbolInfo, outcome, request_key
+from ledger.ubscore.state import O_REQUEST_KEY, O_USER, SnapshotError, State, SymbolInfo, outcome
 
 SNAPSHOT_FORMAT = "ubscore-snapshot"
 # The oldest snapshot schema restore reads. Snapshots before 3 hold no placing request
@@ -117,9 +117,11 @@ def restore(data: bytes) -> State:
 
 def _check_order_ids_by_request(state: State) -> None:
     """Every open order is named by its placing request, and nothing else is named."""
-    if any(len(order) != O_REQUEST + 1 for order in state.orders.values()):
-        raise ValueError(f"an order is not {O_REQUEST + 1} slots long")
-    named = {request_key(order[O_USER], order[O_REQUEST]): order_id for order_id, order in state.orders.items()}
+    if any(len(order) != O_REQUEST_KEY + 1 for order in state.orders.values()):
+        raise ValueError(f"an order is not {O_REQUEST_KEY + 1} slots long")
+    if any(order[O_REQUEST_KEY] >> 64 != order[O_USER] for order in state.orders.values()):
+        raise ValueError("an order's placing request is another user's")
+    named = {order[O_REQUEST_KEY]: order_id for order_id, order in state.orders.items()}
     if named != state.order_ids_by_request:
         raise ValueError("order_ids_by_request does not name exactly the open orders")
 

@@ -57,9 +57,10 @@ class SnapshotError(LedgerError):
 
 
 # orders[order_id] slots, by position: a list costs less memory and time than a struct
-# for the state's most numerous object. O_REQUEST is the placing request's id: with
-# O_USER it is the order's key in order_ids_by_request, removed when the order ends.
-O_USER, O_SYMBOL, O_SIDE, O_TYPE, O_PRICE, O_LOCK_INDEX, O_LOCK, O_CANCELLING, O_REQUEST = range(9)
+# for the state's most numerous object. O_REQUEST_KEY is request_key(user, request_id)
+# of the placing request: the order's key in order_ids_by_request, kept made so that
+# the end of an order removes it without building the (beyond 64 bits) int again.
+O_USER, O_SYMBOL, O_SIDE, O_TYPE, O_PRICE, O_LOCK_INDEX, O_LOCK, O_CANCELLING, O_REQUEST_KEY = range(9)
 
 # The event that answered a request: its outcome and fingerprint are derived from it
 # when a retry arrives or the state is hashed, so remembering a request allocates
@@ -128,7 +129,7 @@ class State:
         self.accounts: dict[int, list[int]] = {}
         self.orders: dict[int, list[Any]] = {}
         # request_key(user, request_id) of the PlaceOrder -> order_id, for every open
-        # order and nothing else: exactly the keys of ``orders``' (O_USER, O_REQUEST).
+        # order and nothing else: exactly the O_REQUEST_KEY of each of ``orders``.
         self.order_ids_by_request: dict[int, int] = {}
         # request_key(user, request_id) -> what answered it (see WindowEntry), oldest
         # first in request_order.
