@@ -163,6 +163,7 @@ def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
     assets = sorted(DEFAULT_MARKET.assets)
     request_id = 0
     placed = 0
+    limit_requests: list[tuple[int, int]] = []
     for user in range(1, users + 1):
         for asset in assets:
             request_id += 1
@@ -175,9 +176,13 @@ def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
             commands.append(Deposit(user, request_id, rng.choice(assets), rng.randint(1, 10**10)))
         elif roll < 0.08:
             commands.append(Withdraw(user, request_id, rng.choice(assets), rng.randint(1, 10**10)))
-        elif roll < 0.25 and placed:
+        elif roll < 0.20 and placed:
             # Order ids are the seq of the OrderAccepted; aim near recent ones.
             commands.append(CancelOrder(user, request_id, rng.randint(1, len(commands) * 3)))
+        elif roll < 0.25 and placed:
+            # By client order id: a recent limit order's placing request (open or not).
+            owner, placing = rng.choice(limit_requests[-100:])
+            commands.append(CancelOrder(owner, request_id, 0, order_request_id=placing))
         elif roll < 0.30:
             commands.append(
                 PlaceOrder(user, request_id, rng.choice(symbols), Side(rng.randint(0, 1)), rng.randint(1, 50),
@@ -186,6 +191,7 @@ def seeded_commands(seed: int, count: int, users: int = 20) -> list[Command]:
             )
         else:
             placed += 1
+            limit_requests.append((user, request_id))
             commands.append(
                 PlaceOrder(user, request_id, rng.choice(symbols), Side(rng.randint(0, 1)), rng.randint(1, 50),
                            rng.randint(95, 105), tif=TimeInForce(rng.choice([0, 0, 0, 1, 2, 3])))
@@ -210,6 +216,11 @@ def assert_conserved(core: UBSCore) -> None:
     for user, account in core.state.accounts.items():
         for index in range(len(account) // 2):
             assert account[2 * index + 1] == locked.get((user, index), 0), (user, index)
+    # The open orders by placing request are exactly the open orders: an ended order
+    # leaves no entry behind, so the map is bounded by the open orders.
+    named = {order[8]: order_id for order_id, order in core.state.orders.items()}
+    assert all(key >> 64 == core.state.orders[order_id][0] for key, order_id in named.items())
+    assert core.state.order_ids_by_request == named
 
 
 # -- whole-exchange workloads -----------------------------------------------------------

@@ -121,6 +121,12 @@ def _build_scratch(scratch: Path, elsewhere: Path) -> None:
     _corrupt(scratch / "corrupt-ops")
     with FileLog(scratch / "undecodable-ops", fsync=never) as log:
         log.append([b"\xc1 is never valid msgpack"])
+    # Command logs the demo's events do not answer exactly: one command more, one less.
+    operations = _records(layout.operations_dir(demo))
+    with FileLog(scratch / "ops-one-more", fsync=never) as log:
+        log.append([*operations, operations[-1]])
+    with FileLog(scratch / "ops-one-less", fsync=never) as log:
+        log.append(operations[:-1])
 
     # Deployments for `ledger run`: balance.events a file, or a log with a bad header.
     (scratch / "events-file-deploy").mkdir()
@@ -356,6 +362,34 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("verify-log-with-a-gap", SUBPROCESS, 1, ["verify", "--log", "{S}/gapped", "--store", "sqlite:{S}/halted.db"]),
     ("verify-store-behind", SUBPROCESS, 1, ["verify", "--log", D, "--store", "sqlite:{S}/halted.db"]),
     ("verify-store-behind-json", SUBPROCESS, 1, ["verify", "--log", D, "--store", "sqlite:{S}/halted.db", "--json"]),
+    ("verify-commands-empty-string", IN_PROCESS, 2, ["verify", "--log", D, "--store", PROJ, "--commands", ""]),
+    ("verify-commands-missing", SUBPROCESS, 2, ["verify", "--log", D, "--store", PROJ, "--commands", "{S}/missing"]),
+    ("verify-commands-not-a-log", SUBPROCESS, 2, ["verify", "--log", D, "--store", PROJ, "--commands", "{S}/empty"]),
+    ("verify-commands-root", SUBPROCESS, 2, ["verify", "--log", D, "--store", PROJ, "--commands", D]),
+    (
+        "verify-commands-corrupt",
+        SUBPROCESS,
+        2,
+        ["verify", "--log", D, "--store", PROJ, "--commands", "{S}/corrupt-ops"],
+    ),
+    (
+        "verify-commands-unanswered",
+        SUBPROCESS,
+        1,
+        ["verify", "--log", D, "--store", PROJ, "--commands", "{S}/ops-one-more"],
+    ),
+    (
+        "verify-commands-answer-past-the-end",
+        SUBPROCESS,
+        1,
+        ["verify", "--log", D, "--store", PROJ, "--commands", "{S}/ops-one-less", "--json"],
+    ),
+    (
+        "verify-commands-and-store-behind",
+        SUBPROCESS,
+        1,
+        ["verify", "--log", D, "--store", "sqlite:{S}/halted.db", "--commands", "{S}/ops-one-more"],
+    ),
     # -- run: a deployment whose logs are wrong is left as it was
     ("run-dir-missing", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/missing"]),
     ("run-dir-is-a-file", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/afile"]),

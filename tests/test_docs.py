@@ -33,6 +33,7 @@ def test_readme_python_blocks_run(capsys) -> None:
         "matching",
         "ledger.gctune",
         "ledger.logs.file",
+        "ledger.rebuild",
         "ledger.strategies",
         "settlement",
         "settlement.store",

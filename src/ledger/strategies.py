@@ -90,7 +90,8 @@ def commands(
     """One client command against ``market``: deposits, withdrawals, orders, cancels.
 
     ``users`` small and ``request_ids`` small make retries and conflicts frequent.
-    Cancels pick from ``order_ids`` (default: small ids, so some hit real orders).
+    Cancels pick from ``order_ids`` (default: small ids, so some hit real orders), or
+    name the order by its placing request (``order_id`` 0), from the same few request ids.
     """
     user = st.integers(1, users)
     # Mostly fresh ids, sometimes one of a few: retries and conflicts, but not always.
@@ -135,9 +136,19 @@ def commands(
         order_id=order_ids if order_ids is not None else st.integers(1, 200),
         ts_ms=ts,
     )
+    # By client order id: the placing request's id, from the few that orders reuse (so
+    # some name open orders), sometimes a fresh one, sometimes with an order id too.
+    cancel_by_request = st.builds(
+        CancelOrder,
+        user=user,
+        request_id=request_id,
+        order_id=st.one_of(st.just(0), st.just(0), st.just(0), st.integers(1, 200)),
+        ts_ms=ts,
+        order_request_id=st.one_of(st.integers(0, request_ids), st.integers(0, request_ids), request_id),
+    )
     deposit = st.builds(Deposit, user=user, request_id=request_id, asset=asset, amount=amount, ts_ms=ts)
     withdraw = st.builds(Withdraw, user=user, request_id=request_id, asset=asset, amount=amount, ts_ms=ts)
-    return st.one_of(deposit, withdraw, limit, limit, limit, limit, market_order, cancel)
+    return st.one_of(deposit, withdraw, limit, limit, limit, limit, market_order, cancel, cancel_by_request)
 
 
 def funding(market: Market = DEFAULT_MARKET, users: int = 4) -> st.SearchStrategy[list[Command]]:

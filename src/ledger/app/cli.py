@@ -7,7 +7,7 @@
                    (or --source DIR | --source kafka://HOST:PORT)
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
-    ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--json]
+    ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--commands DIR|TOPIC] [--json]
     ledger run ubscore|engine|project|all (--dir DIR | --kafka HOST:PORT) [--batch N] [--idle-exit-s S] ...
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
@@ -553,18 +553,73 @@ def _cmd_gaps(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_commands_log(args: argparse.Namespace, stack: contextlib.ExitStack) -> Log | None:
+    """The command log ``verify --commands`` names (closed by ``stack``): a file log, or
+    with ``--kafka`` a topic (the partition of ``--partition``); None without it."""
+    if args.commands is None:
+        return None
+    _directory, kafka = _log_or_kafka(args)
+    if kafka is not None:
+        from ledger.logs.kafka import KafkaLog, load_client_config
+
+        log = KafkaLog(kafka, args.commands, args.partition, client_config=load_client_config())
+        return stack.enter_context(contextlib.closing(log))
+    from ledger.logs.file import FileLog
+
+    return stack.enter_context(FileLog(_log_dir(args.commands, "--commands"), readonly=True))
+
+
+def _print_answers(answers: Any) -> None:
+    print(
+        f"answers:      {answers.commands:,} commands in {answers.commands_log}, "
+        f"{answers.answers:,} answers in {answers.events_log}"
+    )
+    if answers.ok:
+        print("answers:      ok (every command answered exactly once, in order)")
+        return
+    print(
+        f"ANSWER PROBLEMS ({answers.problems_total:,}: {answers.unanswered:,} unanswered, "
+        f"{answers.answered_twice:,} answered twice, {answers.no_such_command:,} answers naming no command, "
+        f"{answers.out_of_order:,} out of order):"
+    )
+    for problem in answers.problems:
+        print(f"  {problem.kind}: {problem.detail}")
+    if answers.problems_total > len(answers.problems):
+        print(f"  ... and {answers.problems_total - len(answers.problems):,} more")
+
+
+def _answers_failure(answers: Any) -> str:
+    first = answers.problems[0]
+    return (
+        f"{answers.events_log} does not answer every command of {answers.commands_log} exactly once: "
+        f"{answers.problems_total:,} problems ({answers.unanswered:,} unanswered, "
+        f"{answers.answered_twice:,} answered twice, {answers.no_such_command:,} answers naming no command, "
+        f"{answers.out_of_order:,} out of order); the first: {first.detail}"
+    )
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.rebuild import check_answers
     from ledger.ubscore import LedgerError
     from settlement.verify import verify_store
 
-    with _sources_and_store(args, store_read_only=True) as (sources, store):
+    answers = None
+    with contextlib.ExitStack() as stack:
+        sources, store = stack.enter_context(_sources_and_store(args, store_read_only=True))
+        commands = _open_commands_log(args, stack)
         balance = sources[0]
         try:
             report = verify_store(store, balance.log, balance.stream)
         except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
             raise CliError(f"the log cannot be replayed: {error}", EXIT_CHECK_FAILED) from None
+        if commands is not None:
+            answers = check_answers(commands, balance.log)
     if args.json:
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        body = msgspec.to_builtins(report)
+        if answers is not None:
+            body["answers"] = msgspec.to_builtins(answers)
+            body["ok"] = report.ok and answers.ok  # every check the command ran
+        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
     else:
         print(f"store:        {store.name}")
         print(f"log:          seq 1..{report.final_seq}; store checkpoint at seq {report.checkpoint_seq}")
@@ -578,11 +633,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             if report.differences_total > len(report.differences):
                 print(f"  ... and {report.differences_total - len(report.differences):,} more")
+        if answers is not None:
+            _print_answers(answers)
+    failures = []
     if not report.ok:
-        raise CliError(
-            f"{report.differences_total:,} differences between {store.name} and a fresh replay of the log",
-            EXIT_CHECK_FAILED,
-        )
+        failures.append(f"{report.differences_total:,} differences between {store.name} and a fresh replay of the log")
+    if answers is not None and not answers.ok:
+        failures.append(_answers_failure(answers))
+    if failures:
+        raise CliError("; and ".join(failures), EXIT_CHECK_FAILED)
     return EXIT_OK
 
 
@@ -725,6 +784,14 @@ def _settlement_parsers(sub: Any) -> None:
 
     vp = sub.add_parser("verify", help="compare a projection with a fresh replay of balance.events")
     _source_arguments(vp)
+    vp.add_argument(
+        "--commands",
+        type=_nonempty,
+        metavar="DIR|TOPIC",
+        help="also check that balance.events answers every command of this log exactly once, in order: "
+        f"a file-log directory (DIR/{layout.OPERATIONS} of a deployment), or with --kafka a topic "
+        f"({layout.OPERATIONS}; the partition of --partition)",
+    )
     vp.set_defaults(run=_cmd_verify)
 
 

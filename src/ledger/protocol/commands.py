@@ -101,12 +101,20 @@ class PlaceOrder(_Command, frozen=True):
 
 
 class CancelOrder(_Command, frozen=True):
-    """Ask to cancel ``order_id``; funds are released when the engine confirms."""
+    """Ask to cancel an order of ``user``; funds are released when the engine confirms.
+
+    The order is named by its id (``order_id`` > 0, ``order_request_id`` 0), or, by a
+    client that never saw the id, by the request that placed it: ``order_id`` 0 (no
+    order has id 0) and ``order_request_id`` the placing ``PlaceOrder``'s
+    ``request_id`` (the client order id; the user is ``user``). A cancel that sets both
+    names no one order and is refused ``UNKNOWN_ORDER``.
+    """
 
     user: Int64
     request_id: Int64
     order_id: Int64
     ts_ms: Int64 = 0
+    order_request_id: Int64 = 0
 
 
 class ListAsset(_Command, frozen=True):

@@ -20,11 +20,12 @@ from ledger.protocol.commands import Command, Int64, OrderType, SelfTrade, Side,
 from ledger.protocol.limits import INT64_MAX
 from ledger.protocol.market import Asset, Symbol
 
-# Bumped whenever a field is appended to any record type or the wire form changes (3: a
-# record holding an integer beyond 64 bits is written whole in the codec's wide form).
+# Bumped whenever a field is appended to any record type or the wire form changes.
 # Readers accept every version up to their own; records carry no per-record version
 # because trailing defaults make older records decode unchanged, and each record's form
-# is told by its first byte.
+# is told by its first byte. 3: a record holding an integer beyond 64 bits is written
+# whole in the codec's wide form; cancels may name an order by its placing request
+# (CancelOrder.order_request_id, CancelRequested.order_request_id and by_request).
 SCHEMA_VERSION = 3
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -114,7 +115,13 @@ class OrderAccepted(_Event, frozen=True):
 
 
 class CancelRequested(_Event, frozen=True):
-    """The user asked to cancel; the engine decides (the order may already be filled)."""
+    """The user asked to cancel; the engine decides (the order may already be filled).
+
+    ``order_id`` is always the order's id, resolved by UBSCore when the command named
+    the order by its placing request: then ``by_request`` is true and
+    ``order_request_id`` is that request's id (both as the command had them otherwise:
+    false and 0), so a replay re-resolves the same order and a retry is recognized.
+    """
 
     seq: Int64
     input_offset: Int64
@@ -123,6 +130,8 @@ class CancelRequested(_Event, frozen=True):
     order_id: Int64
     symbol: str
     ts_ms: Int64 = 0
+    order_request_id: Int64 = 0
+    by_request: bool = False
 
 
 class Rejected(_Event, frozen=True):

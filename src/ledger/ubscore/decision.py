@@ -86,6 +86,8 @@ _SIDE_OF: dict[int, Side] = {int(m): m for m in Side}
 _ORDER_TYPE_OF: dict[int, OrderType] = {int(m): m for m in OrderType}
 _TIF_OF: dict[int, TimeInForce] = {int(m): m for m in TimeInForce}
 _STP_OF: dict[int, SelfTrade] = {int(m): m for m in SelfTrade}
+# The seq part of an order id (the acceptance's seq; see ORDER_ID_SHARD_SHIFT).
+_ORDER_SEQ_MASK = (1 << ORDER_ID_SHARD_SHIFT) - 1
 
 
 def _reject(state: State, offset: int, reason: int, command: Command) -> list[BalanceEvent]:
@@ -156,6 +158,13 @@ def _order_problem(c: PlaceOrder) -> Reason | None:
 
 
 def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent]:
+    open_id = state.order_ids_by_request.get((c.user << 64) | c.request_id)  # request_key, written out
+    if open_id is not None:
+        # A retry older than the request window whose order is still open: a
+        # (user, request_id) names at most one open order, so it is answered as a retry
+        # of that order, with its acceptance's seq (the id's low bits).
+        original_seq = open_id & _ORDER_SEQ_MASK
+        return [Rejected(state.seq + 1, offset, int(Reason.DUPLICATE_REQUEST), c, original_seq, int(Reason.OK))]
     info = state.symbols.get(c.symbol)
     if info is None:
         return _reject(state, offset, Reason.UNKNOWN_SYMBOL, c)
@@ -209,14 +218,31 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
 
 
 def _decide_cancel(state: State, c: CancelOrder, offset: int) -> list[BalanceEvent]:
-    order = state.orders.get(c.order_id) if type(c.order_id) is int else None
+    order_id, order_request_id = c.order_id, c.order_request_id
+    by_request = order_id == 0
+    if by_request:
+        # Named by the placing request: only the user's own requests are keys, so
+        # another user's request id is unknown here, never someone else's order.
+        if type(order_request_id) is not int or not 0 <= order_request_id <= REQUEST_ID_MAX:
+            return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
+        order_id = state.order_ids_by_request.get((c.user << 64) | order_request_id)  # request_key
+        if order_id is None:
+            return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
+    elif order_request_id != 0:
+        return _reject(state, offset, Reason.UNKNOWN_ORDER, c)  # named two ways: no one order
+    order = state.orders.get(order_id) if type(order_id) is int else None
     if order is None:
         return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
     if order[O_USER] != c.user:
         return _reject(state, offset, Reason.NOT_ORDER_OWNER, c)
     if order[O_CANCELLING]:
         return _reject(state, offset, Reason.CANCEL_PENDING, c)
-    return [CancelRequested(state.seq + 1, offset, c.user, c.request_id, c.order_id, order[O_SYMBOL], c.ts_ms)]
+    symbol = order[O_SYMBOL]
+    return [
+        CancelRequested(
+            state.seq + 1, offset, c.user, c.request_id, order_id, symbol, c.ts_ms, order_request_id, by_request
+        )
+    ]
 
 
 def _decide_list_asset(state: State, c: ListAsset, offset: int) -> list[BalanceEvent]:

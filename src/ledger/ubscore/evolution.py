@@ -29,6 +29,7 @@ from ledger.ubscore.state import (
     O_CANCELLING,
     O_LOCK,
     O_LOCK_INDEX,
+    O_REQUEST_KEY,
     O_USER,
     InvariantError,
     SequenceError,
@@ -78,13 +79,17 @@ def _evolve_accepted(state: State, e: OrderAccepted) -> None:
     if order_id in state.orders:
         raise _mismatch(e, f"order id {order_id} already open")
     user, amount, i = e.user, e.lock_amount, 2 * index
+    key = (user << 64) | e.request_id  # request_key, written out: once per order
+    if key in state.order_ids_by_request:
+        raise _mismatch(e, f"request {e.request_id} of user {user} names open order {state.order_ids_by_request[key]}")
     account = state.accounts.get(user) or state.new_account()
     if account[i] - amount != e.available or account[i + 1] + amount != e.locked:
         raise _mismatch(e, "balances after the lock do not add up")
     account[i] = e.available
     account[i + 1] = e.locked
     state.accounts[user] = account
-    state.orders[order_id] = [user, e.symbol, e.side, e.order_type, e.price, index, amount, False]
+    state.orders[order_id] = [user, e.symbol, e.side, e.order_type, e.price, index, amount, False, key]
+    state.order_ids_by_request[key] = order_id
     state.last_input_offset = e.input_offset
     remember(state, user, e.request_id, e)
 
@@ -93,6 +98,11 @@ def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
     order = state.orders.get(e.order_id)
     if order is None or order[O_USER] != e.user:
         raise _mismatch(e, f"order {e.order_id} not open for user {e.user}")
+    if e.by_request:
+        if order[O_REQUEST_KEY] != (e.user << 64) | e.order_request_id:  # request_key
+            raise _mismatch(e, f"order {e.order_id} was not placed by request {e.order_request_id}")
+    elif e.order_request_id != 0:
+        raise _mismatch(e, "a cancel by order id names a request too")
     order[O_CANCELLING] = True
     state.last_input_offset = e.input_offset
     remember(state, e.user, e.request_id, e)
@@ -180,8 +190,10 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
     taker[O_LOCK] = taker_lock
     if e.maker_done and maker_lock == 0:
         del state.orders[e.maker_order_id]
+        del state.order_ids_by_request[maker[O_REQUEST_KEY]]
     if e.taker_done and taker_lock == 0:
         del state.orders[e.taker_order_id]
+        del state.order_ids_by_request[taker[O_REQUEST_KEY]]
     state.last_engine_seq[e.symbol] = e.engine_seq
 
 
@@ -196,6 +208,7 @@ def _evolve_unlocked(state: State, e: FundsUnlocked) -> None:
     account[2 * index] = e.available
     account[2 * index + 1] = e.locked
     del state.orders[e.order_id]
+    del state.order_ids_by_request[order[O_REQUEST_KEY]]
     state.last_engine_seq[e.symbol] = e.engine_seq
 
 

@@ -14,9 +14,13 @@ import msgspec
 from ledger.protocol.commands import OrderType, Side
 from ledger.protocol.events import SCHEMA_VERSION
 from ledger.protocol.market import Asset, Symbol
-from ledger.ubscore.state import SnapshotError, State, SymbolInfo, outcome
+from ledger.ubscore.state import O_REQUEST_KEY, O_USER, SnapshotError, State, SymbolInfo, outcome
 
 SNAPSHOT_FORMAT = "ubscore-snapshot"
+# The oldest snapshot schema restore reads. Snapshots before 3 hold no placing request
+# per open order, so the orders' client ids (order_ids_by_request) cannot be rebuilt
+# from them; such a snapshot is refused, and the state rebuilt from the log instead.
+SNAPSHOT_SCHEMA_MIN = 3
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -40,6 +44,7 @@ def canonical(state: State) -> dict[str, Any]:
         ],
         "accounts": [[user, account] for user, account in sorted(state.accounts.items())],
         "orders": [[order_id, *order] for order_id, order in sorted(state.orders.items())],
+        "order_ids_by_request": sorted(state.order_ids_by_request.items()),
         "requests": [[key, *outcome(state.requests[key])] for key in state.request_order],
         "deposited": state.deposited,
         "withdrawn": state.withdrawn,
@@ -74,6 +79,11 @@ def restore(data: bytes) -> State:
         raise SnapshotError(f"snapshot format {snap.format!r} is not {SNAPSHOT_FORMAT!r}")
     if snap.schema > SCHEMA_VERSION:
         raise SnapshotError(f"snapshot schema {snap.schema} is newer than this library's {SCHEMA_VERSION}")
+    if snap.schema < SNAPSHOT_SCHEMA_MIN:
+        raise SnapshotError(
+            f"snapshot schema {snap.schema} is older than {SNAPSHOT_SCHEMA_MIN} (it does not name open orders by "
+            "their placing request); rebuild the state from the log instead"
+        )
     body = snap.state
     try:
         state = State(body["shard"], body["request_window"])
@@ -89,6 +99,8 @@ def restore(data: bytes) -> State:
         if any(len(account) != state.width for account in state.accounts.values()):
             raise ValueError(f"an account is not {state.width} balances wide")
         state.orders = {row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]}
+        state.order_ids_by_request = {key: order_id for key, order_id in body["order_ids_by_request"]}
+        _check_order_ids_by_request(state)
         for key, fingerprint, seq, reason in body["requests"]:
             state.requests[key] = (tuple(fingerprint), seq, reason)
             state.request_order.append(key)
@@ -101,6 +113,17 @@ def restore(data: bytes) -> State:
     if state.seq != snap.seq or state_hash(state) != snap.hash:
         raise SnapshotError(f"snapshot at seq {snap.seq}: state does not match its recorded hash")
     return state
+
+
+def _check_order_ids_by_request(state: State) -> None:
+    """Every open order is named by its placing request, and nothing else is named."""
+    if any(len(order) != O_REQUEST_KEY + 1 for order in state.orders.values()):
+        raise ValueError(f"an order is not {O_REQUEST_KEY + 1} slots long")
+    if any(order[O_REQUEST_KEY] >> 64 != order[O_USER] for order in state.orders.values()):
+        raise ValueError("an order's placing request is another user's")
+    named = {order[O_REQUEST_KEY]: order_id for order_id, order in state.orders.items()}
+    if named != state.order_ids_by_request:
+        raise ValueError("order_ids_by_request does not name exactly the open orders")
 
 
 def without_sequence(state: State, keep_requests: bool = True) -> dict[str, Any]:

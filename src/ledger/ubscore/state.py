@@ -4,7 +4,9 @@ State layout (chosen for memory: about 300 bytes a user with three assets):
 ``accounts[user]`` is a flat list ``[available_0, locked_0, available_1, locked_1, ...]``
 indexed by the asset's listing order, always of full width (listing an asset widens
 every account); ``orders[order_id]`` is the lock an open order
-still holds, a list of the ``O_*`` slots below.
+still holds, a list of the ``O_*`` slots below; ``order_ids_by_request`` names each open
+order by its placing request (the client order id), whatever the request window still
+remembers.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class SnapshotError(LedgerError):
 
 
 # orders[order_id] slots, by position: a list costs less memory and time than a struct
-# for the state's most numerous object.
-O_USER, O_SYMBOL, O_SIDE, O_TYPE, O_PRICE, O_LOCK_INDEX, O_LOCK, O_CANCELLING = range(8)
+# for the state's most numerous object. O_REQUEST_KEY is request_key(user, request_id)
+# of the placing request: the order's key in order_ids_by_request, kept made so that
+# the end of an order removes it without building the (beyond 64 bits) int again.
+O_USER, O_SYMBOL, O_SIDE, O_TYPE, O_PRICE, O_LOCK_INDEX, O_LOCK, O_CANCELLING, O_REQUEST_KEY = range(9)
 
 # The event that answered a request: its outcome and fingerprint are derived from it
 # when a retry arrives or the state is hashed, so remembering a request allocates
@@ -101,6 +105,7 @@ class State:
         "symbols",
         "accounts",
         "orders",
+        "order_ids_by_request",
         "requests",
         "request_order",
         "deposited",
@@ -123,6 +128,9 @@ class State:
         self.symbols: dict[str, SymbolInfo] = {}
         self.accounts: dict[int, list[int]] = {}
         self.orders: dict[int, list[Any]] = {}
+        # request_key(user, request_id) of the PlaceOrder -> order_id, for every open
+        # order and nothing else: exactly the O_REQUEST_KEY of each of ``orders``.
+        self.order_ids_by_request: dict[int, int] = {}
         # request_key(user, request_id) -> what answered it (see WindowEntry), oldest
         # first in request_order.
         self.requests: dict[int, WindowEntry] = {}
@@ -198,8 +206,11 @@ def fingerprint(request: Command | Acceptance) -> tuple[Any, ...]:
         case PlaceOrder() | OrderAccepted():
             r = request
             return (2, r.symbol, r.side, r.qty, r.price, r.order_type, r.tif, r.quote_budget, r.stp)
-        case CancelOrder() | CancelRequested():
-            return (3, request.order_id)
+        case CancelOrder():
+            return (3, request.order_id, request.order_request_id)
+        case CancelRequested():
+            # The order as the command named it: by request (order id 0) or by id.
+            return (3, 0 if request.by_request else request.order_id, request.order_request_id)
         case Deposit() | Deposited():
             return (0, request.asset, request.amount)
         case Withdraw() | Withdrawn():
