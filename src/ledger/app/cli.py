@@ -53,7 +53,7 @@ from ledger.logs import layout
 from ledger.protocol.limits import READ_RECORDS_MAX
 
 if TYPE_CHECKING:
-    pass
+    from ledger.logs.base import Log
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1

@@ -84,13 +84,13 @@ class ServiceError(LedgerError):
     """A service cannot go on: the message says what it found or waited for."""
 
 
-def _seq_of_event(raw: bytes) -> int:
-    seq: int = EVENTS.decode(raw).seq
+def _seq_of_event(raw: bytes, where: str) -> int:
+    seq: int = EVENTS.decode(raw, where).seq
     return seq
 
 
-def _seq_of_output(raw: bytes) -> int:
-    seq: int = OUTPUTS.decode(raw).seq
+def _seq_of_output(raw: bytes, where: str) -> int:
+    seq: int = OUTPUTS.decode(raw, where).seq
     return seq
 
 

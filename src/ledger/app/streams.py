@@ -223,12 +223,13 @@ class KafkaStreams:
         return offsets()
 
 
-def seek_seq(log: Log, seq: int, seq_of: Callable[[bytes], int], start: int = 0) -> int:
+def seek_seq(log: Log, seq: int, seq_of: Callable[[bytes, str], int], start: int = 0) -> int:
     """The offset to read from so that the first record read is the one with ``seq`` (or
     the log's end if it does not exist yet). A binary search over offsets: seqs rise
     with offsets, and offsets only run ahead of seqs (transaction markers leave holes),
     so the record with ``seq`` is at offset ``seq - 1`` or later. Never assumes
-    offset = seq - 1. ``start`` is a known lower bound."""
+    offset = seq - 1. ``start`` is a known lower bound; ``seq_of(record, where)`` reads a
+    record's seq (``where`` names the log and offset for its error)."""
     low = max(start, seq - 1)
     high = log.end_offset()
     while low < high:
@@ -237,7 +238,7 @@ def seek_seq(log: Log, seq: int, seq_of: Callable[[bytes], int], start: int = 0)
         if not batch.values:
             high = middle  # nothing at or after middle (markers up to the end)
             continue
-        found = seq_of(batch.values[0])
+        found = seq_of(batch.values[0], f"{log.name} offset {batch.offsets[0]}")
         if found >= seq:
             high = middle
         else:
