@@ -343,3 +343,15 @@ def in_process(commands: list[Any], batch: int = 1_000) -> tuple[Exchange, dict[
 def exchange_outcome(commands: list[Any]) -> dict[str, Any]:
     exchange, outputs = in_process(commands)
     return outcome(exchange.operations, exchange.events, outputs)
+
+
+def answer_commands(commands: Log, events: Log, batch: int = 500) -> tuple[int, UBSCore]:
+    """Run the UBSCore service over ``commands`` into ``events`` until it is idle (no
+    engine runs: only commands are answered); return how many inputs it handled and the
+    state replayed from ``events``."""
+    from ledger.app.services import Stopper, UBSCoreService, run_services
+    from ledger.app.streams import MemoryStreams
+
+    service = UBSCoreService(MemoryStreams.of(commands, events), batch, 0)
+    run_services([service], Stopper(), idle_exit_s=0.05, summary_every_s=0)
+    return service.counters.inputs, replay(events)

@@ -34,10 +34,10 @@ from ledger import (
 )
 from ledger.app.demo import Workload
 from ledger.app.exchange import Exchange
-from ledger.app.stage import UBSCoreStage
 from ledger.logs.base import scan
 from ledger.protocol.limits import COMMAND_BYTES_MAX, RECORD_BYTES_MAX
 from ledger.strategies import command_streams, listing_commands
+from support import answer_commands
 
 BTC_USDT = Symbol("BTC-USDT", "BTC", "USDT", lot=10**5, tick=10, maker_fee_ppm=1_000, taker_fee_ppm=2_000)
 GOOD: list[Any] = [
@@ -179,8 +179,8 @@ def test_the_stage_answers_every_malformed_record_without_quoting_it_and_goes_on
     for raw in MALFORMED_RECORDS:
         records += [raw, COMMANDS.encode(Deposit(7, len(records) + 10, "USDT", 1))]
     commands.append(records)
-    stage = UBSCoreStage(commands, events)
-    assert stage.run(batch_commands=7) == len(records)
+    handled, core = answer_commands(commands, events, batch=7)
+    assert handled == len(records)
     answers = [EVENTS.decode(raw) for batch in scan(events) for raw in batch.values]
     assert [a.input_offset for a in answers] == list(range(len(records)))  # each once, in order
     malformed = [a for a in answers if isinstance(a, Rejected) and a.reason == Reason.MALFORMED_COMMAND]
@@ -190,9 +190,9 @@ def test_the_stage_answers_every_malformed_record_without_quoting_it_and_goes_on
         assert answer.record_bytes == len(raw)
         assert answer.record_digest == hashlib.blake2b(raw, digest_size=16).hexdigest()
         assert len(EVENTS.encode(answer)) < 200  # bounded, whatever the record's size
-    assert replay(events).state_hash() == stage.core.state_hash()
+    assert replay(events).state_hash() == core.state_hash()
     # A retry of a malformed record's offset is not remembered as a request.
-    assert all(not isinstance(e, Rejected) or e.command is not None for e in stage.core.state.requests.values())
+    assert all(not isinstance(e, Rejected) or e.command is not None for e in core.state.requests.values())
 
 
 @settings(max_examples=60)

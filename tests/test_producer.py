@@ -6,8 +6,8 @@ import pytest
 
 from ledger import COMMANDS, CommandError, Deposit, MemoryLog, PlaceOrder
 from ledger.app.producer import CommandProducer
-from ledger.app.stage import UBSCoreStage
 from ledger.strategies import listing_commands
+from support import answer_commands
 
 
 def _produce_and_answer(commands_log, events_log) -> None:
@@ -22,9 +22,9 @@ def _produce_and_answer(commands_log, events_log) -> None:
         assert commands_log.end_offset() == end  # nothing of the batch
     records = commands_log.read(0, 100).values
     assert [COMMANDS.decode(r) for r in records][-1] == Deposit(7, 1, "USDT", 10**6)
-    stage = UBSCoreStage(commands_log, events_log)
-    assert stage.run() == len(records)
-    assert stage.core.state.balance(7, "USDT") == (10**6, 0)
+    handled, core = answer_commands(commands_log, events_log)
+    assert handled == len(records)
+    assert core.state.balance(7, "USDT") == (10**6, 0)
 
 
 def test_the_producer_checks_every_command_before_appending_to_a_memory_log() -> None:

@@ -116,6 +116,15 @@ class MemoryStreams:
         self._new = MemoryLog
         self.logs: dict[str, Any] = {}
 
+    @classmethod
+    def of(cls, commands: Log, events: Log) -> MemoryStreams:
+        """Streams over two given logs (of any kind) as balance.operations and
+        balance.events; engine streams, if any symbol is listed, in memory."""
+        streams = cls()
+        streams.logs[layout.OPERATIONS] = commands
+        streams.logs[layout.EVENTS] = events
+        return streams
+
     def _log(self, stream: str) -> Log:
         found = self.logs.get(stream)
         if found is None:
