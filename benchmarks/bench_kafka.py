@@ -8,10 +8,11 @@ without transactions.
 2. Replay: appends balance.events to a fresh topic, then times, each from offset 0 to
    the end with ``assign()`` and read_committed: reading alone, reading + decoding, and
    ``ledger.rebuild`` (read + decode + evolve into a UBSCore). Target: 300,000 events/s.
-3. Stage: appends balance.operations to a fresh topic, then runs the UBSCore stage
-   (``ledger.app.stage.UBSCoreStage``) over it into a fresh events topic, once with a
-   transactional producer (one transaction per batch of ``--batch`` commands: what a
-   stage uses) and once idempotent-only, and reports commands/s and the ratio.
+3. Stage: appends balance.operations to a fresh topic, then runs the UBSCore service
+   (``ledger.app.services.UBSCoreService``, no engine: commands only) over it into a
+   fresh events topic, once with a transactional producer (one transaction per batch of
+   ``--batch`` commands: what the service uses) and once idempotent-only, and reports
+   commands/s and the ratio.
 
 Start the broker first: ``bash scripts/services.sh up kafka``. Topics are named
 ``bench-<random>`` and left on the broker.
@@ -29,7 +30,8 @@ from typing import Any
 import msgspec
 
 from ledger.app.demo import run_demo
-from ledger.app.stage import UBSCoreStage
+from ledger.app.services import Stopper, UBSCoreService, run_services
+from ledger.app.streams import MemoryStreams
 from ledger.logs.base import Log, scan
 from ledger.logs.file import FileLog, FsyncPolicy
 from ledger.logs.kafka import KafkaLog, ensure_topic
@@ -97,8 +99,12 @@ def bench_stage(bootstrap: str, commands: list[bytes], batch: int) -> list[dict[
                                  ("stage, idempotent producer only", False)):
         sink = fresh_topic(bootstrap, "stage-out", transactional=transactional)
         reader = KafkaLog(bootstrap, source.topic)
-        stage = UBSCoreStage(reader, sink)
-        results.append(timed(label, len(commands), lambda stage=stage: stage.run(batch_commands=batch)))
+        service = UBSCoreService(MemoryStreams.of(reader, sink), batch, 0)
+
+        def run(service: UBSCoreService = service) -> None:
+            run_services([service], Stopper(), idle_exit_s=0.2, summary_every_s=0)
+
+        results.append(timed(label, len(commands), run))
         reader.close()
         sink.close()
     source.close()

@@ -134,7 +134,14 @@ def _values_with_appended_defaults(record: msgspec.Struct, values: list) -> list
     fields = msgspec.structs.fields(record)
     appended = [msgspec.to_builtins(f.default) for f in fields[len(values) - 1 :]]
     assert all(f.default is not msgspec.NODEFAULT for f in fields[len(values) - 1 :])
-    return [*values, *appended]
+    own = [values[0]]
+    for field, value in zip(fields, values[1:], strict=False):
+        inner = getattr(record, field.name)
+        # A tagged record inside (a Rejected's command) gained fields of its own.
+        if isinstance(inner, msgspec.Struct) and type(value) is list and value and value[0] == type(inner).__name__:
+            value = _values_with_appended_defaults(inner, value)
+        own.append(value)
+    return [*own, *appended]
 
 
 def _ints(value: object) -> list[int]:

@@ -102,7 +102,7 @@ def test_the_command_line_takes_kafka_settings_from_the_environment(environ: dic
     import sys
 
     for argv in (["replay", "--kafka", "127.0.0.1:9092", "--topic", "never"],
-                 ["run", "ubscore", "--kafka", "127.0.0.1:9092", "--commands-topic", "never"],
+                 ["run", "ubscore", "--kafka", "127.0.0.1:9092", "--topic-prefix", "never-", "--idle-exit-s", "1"],
                  ["project", "--kafka", "127.0.0.1:9092", "--topic", "never", "--store", "sqlite::memory:"]):
         done = subprocess.run([sys.executable, "-m", "ledger.app.cli", *argv], capture_output=True, text=True,
                               timeout=60, env={**os.environ, **environ})
