@@ -15,7 +15,7 @@ returns; the logs alone rebuild every state (see ``verify``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -27,6 +27,7 @@ from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted,
 from ledger.protocol.outputs import EngineOutput
 from ledger.rebuild import replay
 from ledger.ubscore import UBSCore
+from matching.book import BookError
 from matching.engine import MatchingEngine
 
 
@@ -104,42 +105,132 @@ class RebuildReport(msgspec.Struct):
 def verify(events: Log, output_logs: dict[str, Log], live_hashes: dict[str, str] | None = None) -> RebuildReport:
     """Rebuild UBSCore from balance.events and each engine from its outputs; re-run each
     engine over balance.events and compare its outputs byte for byte; check conservation;
-    compare with ``live_hashes`` if given."""
+    compare with ``live_hashes`` if given.
+
+    One pass over each log: balance.events is read and decoded once, by the UBSCore
+    replay, which hands each event to the engines re-run on it; each engine's output log
+    is read once, alongside, each recorded output compared with the re-run's output at
+    the same position and applied to the rebuilt engine. Memory holds one read batch of
+    each log, never a whole log. A record that does not decode raises ``DecodeError``
+    naming its log and offset; everything else that fails is a problem in the report."""
     problems: list[str] = []
     hashes: dict[str, str] = {}
-    core = replay(events)
+    audits = {name: _EngineAudit(name, output_logs[name]) for name in sorted(output_logs)}
+    core = replay(events, observe=_engine_feeder(audits))
     hashes["ubscore"] = core.state_hash()
     problems.extend(f"conservation: {p}" for p in core.state.conservation_problems())
-    for name in sorted(output_logs):
-        log = output_logs[name]
-        rebuilt = MatchingEngine(name)
-        recorded: list[bytes] = []
-        for batch in scan(log):
-            for raw in batch.values:
-                recorded.append(bytes(raw))
-                rebuilt.apply(OUTPUTS.decode(raw, f"{log.name} offset {len(recorded) - 1}"))
-        hashes[f"engine:{name}"] = rebuilt.state_hash()
-        rerun = MatchingEngine(name)
-        rerun_records: list[bytes] = []
-        for batch in scan(events):
-            for raw in batch.values:
-                rerun_records.extend(OUTPUTS.encode(o) for o in rerun.handle(EVENTS.decode(raw)))
-        if rerun_records != recorded:
-            at = next(
-                (i for i, (a, b) in enumerate(zip(rerun_records, recorded, strict=False)) if a != b),
-                min(len(rerun_records), len(recorded)),
-            )
-            problems.append(
-                f"engine {name}: re-running it over balance.events differs from its log at output "
-                f"{at} ({len(rerun_records)} outputs re-run, {len(recorded)} recorded)"
-            )
-        if rerun.state_hash() != rebuilt.state_hash():
-            problems.append(f"engine {name}: re-run state differs from the state rebuilt from outputs")
+    for name, audit in audits.items():
+        problems.extend(audit.finish())
+        hashes[f"engine:{name}"] = audit.rebuilt.state_hash()
     if live_hashes is not None:
         for name, live in live_hashes.items():
             if hashes.get(name) != live:
                 problems.append(f"{name}: replayed hash {hashes.get(name)} != live hash {live}")
     return RebuildReport(not problems, problems, hashes)
+
+
+def _engine_feeder(audits: dict[str, _EngineAudit]) -> Callable[[BalanceEvent], None]:
+    """The replay's observer: each event an engine acts on, to that symbol's audit only
+    (a listing to every audit, as each engine decides whether it is its own)."""
+    everyone = list(audits.values())
+
+    def feed(event: BalanceEvent) -> None:
+        # Exact-type tests, as in MatchingEngine.handle: most events are for no engine.
+        if type(event) is OrderAccepted or type(event) is CancelRequested:
+            audit = audits.get(event.symbol)
+            if audit is not None:
+                audit.feed(event)
+        elif type(event) is SymbolListed:
+            for audit in everyone:
+                audit.feed(event)
+
+    return feed
+
+
+class _EngineAudit:
+    """One engine's checks, advanced together: the engine re-run over balance.events and
+    the engine rebuilt from its own output log, each re-run output compared byte for byte
+    with the recorded output at the same position as soon as it is made."""
+
+    __slots__ = ("name", "log", "rerun", "rebuilt", "recorded", "rerun_count", "recorded_count",
+                 "difference_at", "rerun_failure", "rebuild_failure", "decode", "encode")
+
+    def __init__(self, name: str, log: Log) -> None:
+        self.name = name
+        self.log = log
+        self.rerun = MatchingEngine(name)
+        self.rebuilt = MatchingEngine(name)
+        self.recorded = _records(log)
+        self.rerun_count = 0
+        self.recorded_count = 0
+        self.difference_at = -1  # the first position where the two streams differ
+        # What stopped the re-run or the rebuild ("" while nothing has): a reducer that
+        # raised once has no state left to trust, so it is fed no more.
+        self.rerun_failure = ""
+        self.rebuild_failure = ""
+        # msgspec's own methods: this runs once per output, on both streams.
+        self.decode = OUTPUTS.decode_plain
+        self.encode = OUTPUTS.encode
+
+    def feed(self, event: BalanceEvent) -> None:
+        """Re-run the engine on ``event`` and check each output it makes."""
+        if self.rerun_failure:
+            return
+        try:
+            outputs = self.rerun.handle(event)
+        except BookError as error:
+            self.rerun_failure = (
+                f"engine {self.name}: re-running it over balance.events fails at seq {event.seq}: {error}"
+            )
+            return
+        for output in outputs:
+            data = self.encode(output)
+            recorded = self._next_recorded()
+            if self.difference_at < 0 and data != recorded:
+                self.difference_at = self.rerun_count
+            self.rerun_count += 1
+
+    def _next_recorded(self) -> bytes | None:
+        """The next record of the output log, applied to the rebuilt engine (None at the
+        log's end)."""
+        item = next(self.recorded, None)
+        if item is None:
+            return None
+        offset, data = item
+        try:
+            output = self.decode(data)
+        except msgspec.MsgspecError as error:
+            output = OUTPUTS.decode_after(data, f"{self.log.name} offset {offset}", error)
+        if not self.rebuild_failure:
+            try:
+                self.rebuilt.apply(output)
+            except BookError as error:
+                self.rebuild_failure = f"engine {self.name}: its log does not rebuild at offset {offset}: {error}"
+        self.recorded_count += 1
+        return data
+
+    def finish(self) -> list[str]:
+        """Read the rest of the output log; return the problems found."""
+        while self._next_recorded() is not None:
+            pass
+        if self.difference_at < 0 and not self.rerun_failure and self.rerun_count != self.recorded_count:
+            self.difference_at = min(self.rerun_count, self.recorded_count)
+        problems = [failure for failure in (self.rerun_failure, self.rebuild_failure) if failure]
+        if self.difference_at >= 0:
+            problems.append(
+                f"engine {self.name}: re-running it over balance.events differs from its log at output "
+                f"{self.difference_at} ({self.rerun_count} outputs re-run, {self.recorded_count} recorded)"
+            )
+        failed = self.rerun_failure or self.rebuild_failure
+        if not failed and self.rerun.state_hash() != self.rebuilt.state_hash():
+            problems.append(f"engine {self.name}: re-run state differs from the state rebuilt from outputs")
+        return problems
+
+
+def _records(log: Log) -> Iterator[tuple[int, bytes]]:
+    """Each record of ``log`` with its offset, one read batch in memory at a time."""
+    for batch in scan(log):
+        yield from zip(batch.offsets, batch.values, strict=True)
 
 
 __all__ = ["Exchange", "RebuildReport", "verify"]
