@@ -32,7 +32,7 @@ from ledger.protocol.commands import (
     TimeInForce,
     Withdraw,
 )
-from ledger.protocol.events import OrderAccepted, TradeSettled
+from ledger.protocol.events import OrderAccepted, Rejected, TradeSettled
 from ledger.protocol.market import Asset, Symbol
 
 MARKER = "LEDGER_DEMO"
@@ -57,7 +57,13 @@ SYMBOLS = [
 
 
 class DemoSummary(msgspec.Struct):
-    """What ``ledger demo`` prints (and ``--json`` emits)."""
+    """What ``ledger demo`` prints (and ``--json`` emits).
+
+    ``seconds`` is the run (``commands_per_second`` its rate, workload generator
+    included); it splits into ``exchange_seconds``, inside ``Exchange.submit`` with the
+    logs written, and ``generator_seconds``, the rest (making the commands, watching the
+    events for orders to cancel). ``check_seconds`` is everything after the run: opening
+    the logs again and ``verify``."""
 
     directory: str
     seed: int
@@ -71,6 +77,11 @@ class DemoSummary(msgspec.Struct):
     rejections: int
     seconds: float
     commands_per_second: float
+    exchange_seconds: float
+    exchange_commands_per_second: float
+    generator_seconds: float
+    generator_commands_per_second: float
+    check_seconds: float
     totals: dict[str, dict[str, int]]
     state_hashes: dict[str, str]
     replayed_hashes: dict[str, str]
@@ -149,6 +160,23 @@ class Workload:
         )
 
 
+class _Run(msgspec.Struct):
+    """What the run leaves for the summary once the live exchange is gone."""
+
+    symbols: list[str]
+    commands: int
+    events: int
+    engine_outputs: int
+    trades: int
+    orders_accepted: int
+    rejections: int
+    seconds: float
+    exchange_seconds: float
+    generator_seconds: float
+    totals: dict[str, dict[str, int]]
+    state_hashes: dict[str, str]
+
+
 def run_demo(
     directory: str | Path,
     users: int = 1_000,
@@ -174,7 +202,46 @@ def run_demo(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     (root / MARKER).write_text("created by ledger demo; safe to delete\n")
+    # The live exchange is gone before the checks start, so they never hold two copies
+    # of every state at once.
+    run = _run(root, Workload(seed, users, symbols), orders, progress, fsync)
+    started = time.perf_counter()
+    with FileLog(layout.events_dir(root), readonly=True) as events_read:
+        readers = {s: FileLog(layout.output_dir(root, s), readonly=True) for s in run.symbols}
+        try:
+            report = verify(events_read, dict(readers), run.state_hashes)
+        finally:
+            for reader in readers.values():
+                reader.close()
+    check_seconds = time.perf_counter() - started
+    return DemoSummary(
+        directory=str(root),
+        seed=seed,
+        users=users,
+        symbols=run.symbols,
+        commands=run.commands,
+        events=run.events,
+        engine_outputs=run.engine_outputs,
+        trades=run.trades,
+        orders_accepted=run.orders_accepted,
+        rejections=run.rejections,
+        seconds=round(run.seconds, 3),
+        commands_per_second=_rate(run.commands, run.seconds),
+        exchange_seconds=round(run.exchange_seconds, 3),
+        exchange_commands_per_second=_rate(run.commands, run.exchange_seconds),
+        generator_seconds=round(run.generator_seconds, 3),
+        generator_commands_per_second=_rate(run.commands, run.generator_seconds),
+        check_seconds=round(check_seconds, 3),
+        totals=run.totals,
+        state_hashes=run.state_hashes,
+        replayed_hashes=report.replayed_hashes,
+        checks_ok=report.ok,
+        problems=report.problems,
+    )
 
+
+def _run(root: Path, workload: Workload, orders: int, progress: bool | None, fsync: FsyncPolicy) -> _Run:
+    """The workload through an exchange on file logs under ``root``; the logs closed."""
     operations = FileLog(layout.operations_dir(root), fsync=fsync)
     events_log = FileLog(layout.events_dir(root), fsync=fsync)
     output_logs: dict[str, FileLog] = {}
@@ -184,62 +251,52 @@ def run_demo(
         return output_logs[symbol]
 
     exchange = Exchange(operations, events_log, output_log)
-    workload = Workload(seed, users, symbols)
-    trades = accepted = rejections = 0
+    counts = {TradeSettled: 0, OrderAccepted: 0, Rejected: 0}
+    clock = time.perf_counter
+    in_exchange = 0.0
 
-    def tally(events: list) -> None:
-        nonlocal trades, accepted, rejections
+    def submit(commands: list[Command]) -> None:
+        nonlocal in_exchange
+        submitted = clock()
+        events = exchange.submit(commands)
+        in_exchange += clock() - submitted
         for event in events:
             kind = type(event)
-            if kind is TradeSettled:
-                trades += 1
-            elif kind is OrderAccepted:
-                accepted += 1
-            elif kind.__name__ == "Rejected":
-                rejections += 1
+            if kind in counts:
+                counts[kind] += 1
         workload.observe(events)
 
-    started = time.perf_counter()
+    started = clock()
     setup = workload.setup()
-    tally(exchange.submit(setup))
+    submit(setup)
     bar = Progress("demo", orders, enabled=progress)
     done = 0
     while done < orders:
         size = min(BATCH_COMMANDS, orders - done)
-        batch = [workload.next(ts_ms=1_700_000_000_000 + done + i) for i in range(size)]
-        tally(exchange.submit(batch))
+        submit([workload.next(ts_ms=1_700_000_000_000 + done + i) for i in range(size)])
         done += size
         bar.advance(size)
     bar.close()
-    seconds = time.perf_counter() - started
-    live = exchange.state_hashes()
+    seconds = clock() - started
     for log in (operations, events_log, *output_logs.values()):
         log.close()
-
-    with FileLog(layout.events_dir(root), readonly=True) as events_read:
-        readers = {s: FileLog(layout.output_dir(root, s), readonly=True) for s in output_logs}
-        try:
-            report = verify(events_read, dict(readers), live)
-        finally:
-            for reader in readers.values():
-                reader.close()
-    commands = len(setup) + orders
-    return DemoSummary(
-        directory=str(root),
-        seed=seed,
-        users=users,
+    return _Run(
         symbols=sorted(output_logs),
-        commands=commands,
+        commands=len(setup) + orders,
         events=exchange.event_count,
         engine_outputs=exchange.output_count,
-        trades=trades,
-        orders_accepted=accepted,
-        rejections=rejections,
-        seconds=round(seconds, 3),
-        commands_per_second=round(commands / seconds, 1),
+        trades=counts[TradeSettled],
+        orders_accepted=counts[OrderAccepted],
+        rejections=counts[Rejected],
+        seconds=seconds,
+        exchange_seconds=in_exchange,
+        # Everything of the run that is not the exchange: making the commands, watching
+        # the events for orders to cancel, counting them, the progress line.
+        generator_seconds=seconds - in_exchange,
         totals=exchange.core.state.asset_totals(),
-        state_hashes=live,
-        replayed_hashes=report.replayed_hashes,
-        checks_ok=report.ok,
-        problems=report.problems,
+        state_hashes=exchange.state_hashes(),
     )
+
+
+def _rate(commands: int, seconds: float) -> float:
+    return round(commands / seconds, 1) if seconds > 0 else 0.0
