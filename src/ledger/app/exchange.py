@@ -15,20 +15,25 @@ returns; the logs alone rebuild every state (see ``verify``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from ledger.gctune import relaxed_gc
-from ledger.logs.base import Log, scan
+from ledger.logs.base import Log, ReadBatch, scan
 from ledger.protocol.codec import EVENTS, OUTPUTS, checked_command
 from ledger.protocol.commands import Command
 from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.limits import READ_RECORDS_MAX
 from ledger.protocol.outputs import EngineOutput
 from ledger.rebuild import replay
 from ledger.ubscore import UBSCore
 from matching.book import BookError
 from matching.engine import MatchingEngine
+
+# Re-run engine outputs checked at a time against the log (see _EngineAudit): enough for
+# each reducer to run a long stretch alone, few enough to hold (a few hundred KiB).
+AUDIT_CHUNK_OUTPUTS = 4_096
 
 
 class Exchange:
@@ -149,18 +154,25 @@ def _engine_feeder(audits: dict[str, _EngineAudit]) -> Callable[[BalanceEvent], 
 
 class _EngineAudit:
     """One engine's checks, advanced together: the engine re-run over balance.events and
-    the engine rebuilt from its own output log, each re-run output compared byte for byte
-    with the recorded output at the same position as soon as it is made."""
+    the engine rebuilt from its own output log, the re-run's outputs compared byte for
+    byte with the records at the same positions of the log.
 
-    __slots__ = ("name", "log", "rerun", "rebuilt", "recorded", "rerun_count", "recorded_count",
-                 "difference_at", "rerun_failure", "rebuild_failure", "decode", "encode")
+    Outputs are checked a chunk at a time (``AUDIT_CHUNK_OUTPUTS``): each reducer then
+    runs over many records in a row instead of taking turns record by record, which
+    keeps its working set in the cache and measured faster."""
+
+    __slots__ = ("name", "log", "rerun", "rebuilt", "pending", "batches", "batch", "at", "rerun_count",
+                 "recorded_count", "difference_at", "rerun_failure", "rebuild_failure")
 
     def __init__(self, name: str, log: Log) -> None:
         self.name = name
         self.log = log
         self.rerun = MatchingEngine(name)
         self.rebuilt = MatchingEngine(name)
-        self.recorded = _records(log)
+        self.pending: list[EngineOutput] = []  # re-run outputs not yet compared
+        self.batches = scan(log)
+        self.batch = ReadBatch([], [], 0)  # the output log's records being compared
+        self.at = 0  # the next of them
         self.rerun_count = 0
         self.recorded_count = 0
         self.difference_at = -1  # the first position where the two streams differ
@@ -168,12 +180,9 @@ class _EngineAudit:
         # raised once has no state left to trust, so it is fed no more.
         self.rerun_failure = ""
         self.rebuild_failure = ""
-        # msgspec's own methods: this runs once per output, on both streams.
-        self.decode = OUTPUTS.decode_plain
-        self.encode = OUTPUTS.encode
 
     def feed(self, event: BalanceEvent) -> None:
-        """Re-run the engine on ``event`` and check each output it makes."""
+        """Re-run the engine on ``event``; check its outputs once a chunk is pending."""
         if self.rerun_failure:
             return
         try:
@@ -183,35 +192,63 @@ class _EngineAudit:
                 f"engine {self.name}: re-running it over balance.events fails at seq {event.seq}: {error}"
             )
             return
-        for output in outputs:
-            data = self.encode(output)
-            recorded = self._next_recorded()
-            if self.difference_at < 0 and data != recorded:
-                self.difference_at = self.rerun_count
-            self.rerun_count += 1
+        if outputs:
+            self.pending += outputs
+            if len(self.pending) >= AUDIT_CHUNK_OUTPUTS:
+                self._check()
 
-    def _next_recorded(self) -> bytes | None:
-        """The next record of the output log, applied to the rebuilt engine (None at the
-        log's end)."""
-        item = next(self.recorded, None)
-        if item is None:
-            return None
-        offset, data = item
-        try:
-            output = self.decode(data)
-        except msgspec.MsgspecError as error:
-            output = OUTPUTS.decode_after(data, f"{self.log.name} offset {offset}", error)
+    def _check(self) -> None:
+        """Compare the pending re-run outputs with the next records of the log."""
+        encode = OUTPUTS.encode
+        encoded = [encode(output) for output in self.pending]
+        self.pending = []
+        done = 0
+        while done < len(encoded):
+            recorded = self._take(len(encoded) - done)
+            if not recorded:
+                break  # the log ends first: finish() reports where
+            if self.difference_at < 0 and recorded != encoded[done : done + len(recorded)]:
+                self.difference_at = self.rerun_count + done + next(
+                    i for i, data in enumerate(recorded) if data != encoded[done + i]
+                )
+            done += len(recorded)
+        self.rerun_count += len(encoded)
+
+    def _take(self, count_max: int) -> list[bytes]:
+        """Up to ``count_max`` next records of the log (none at its end), each applied to
+        the rebuilt engine."""
+        if self.at == len(self.batch.values):
+            batch = next(self.batches, None)
+            if batch is None:
+                return []
+            self.batch, self.at = batch, 0
+        start = self.at
+        records = self.batch.values[start : start + count_max]
+        self.at += len(records)
+        self.recorded_count += len(records)
         if not self.rebuild_failure:
+            self._rebuild(records, start)
+        return records
+
+    def _rebuild(self, records: list[bytes], start: int) -> None:
+        decode, apply = OUTPUTS.decode_plain, self.rebuilt.apply
+        for i, data in enumerate(records):
             try:
-                self.rebuilt.apply(output)
+                output = decode(data)
+            except msgspec.MsgspecError as error:
+                where = f"{self.log.name} offset {self.batch.offsets[start + i]}"
+                output = OUTPUTS.decode_after(data, where, error)
+            try:
+                apply(output)
             except BookError as error:
+                offset = self.batch.offsets[start + i]
                 self.rebuild_failure = f"engine {self.name}: its log does not rebuild at offset {offset}: {error}"
-        self.recorded_count += 1
-        return data
+                return
 
     def finish(self) -> list[str]:
-        """Read the rest of the output log; return the problems found."""
-        while self._next_recorded() is not None:
+        """Check what is pending, read the rest of the log; return the problems found."""
+        self._check()
+        while self._take(READ_RECORDS_MAX):
             pass
         if self.difference_at < 0 and not self.rerun_failure and self.rerun_count != self.recorded_count:
             self.difference_at = min(self.rerun_count, self.recorded_count)
@@ -225,12 +262,6 @@ class _EngineAudit:
         if not failed and self.rerun.state_hash() != self.rebuilt.state_hash():
             problems.append(f"engine {self.name}: re-run state differs from the state rebuilt from outputs")
         return problems
-
-
-def _records(log: Log) -> Iterator[tuple[int, bytes]]:
-    """Each record of ``log`` with its offset, one read batch in memory at a time."""
-    for batch in scan(log):
-        yield from zip(batch.offsets, batch.values, strict=True)
 
 
 __all__ = ["Exchange", "RebuildReport", "verify"]
