@@ -62,8 +62,8 @@ class DemoSummary(msgspec.Struct):
     ``seconds`` is the run (``commands_per_second`` its rate, workload generator
     included); it splits into ``exchange_seconds``, inside ``Exchange.submit`` with the
     logs written, and ``generator_seconds``, the rest (making the commands, watching the
-    events for orders to cancel). ``check_seconds`` is everything after the run: opening
-    the logs again and ``verify``."""
+    events for orders to cancel). ``check_seconds`` is everything after the run: the live
+    hashes, opening the logs again and ``verify``."""
 
     directory: str
     seed: int
@@ -173,6 +173,8 @@ class _Run(msgspec.Struct):
     seconds: float
     exchange_seconds: float
     generator_seconds: float
+    # time.perf_counter() when the last command was done: the checks start there.
+    finished: float
     totals: dict[str, dict[str, int]]
     state_hashes: dict[str, str]
 
@@ -205,7 +207,6 @@ def run_demo(
     # The live exchange is gone before the checks start, so they never hold two copies
     # of every state at once.
     run = _run(root, Workload(seed, users, symbols), orders, progress, fsync)
-    started = time.perf_counter()
     with FileLog(layout.events_dir(root), readonly=True) as events_read:
         readers = {s: FileLog(layout.output_dir(root, s), readonly=True) for s in run.symbols}
         try:
@@ -213,7 +214,7 @@ def run_demo(
         finally:
             for reader in readers.values():
                 reader.close()
-    check_seconds = time.perf_counter() - started
+    check_seconds = time.perf_counter() - run.finished
     return DemoSummary(
         directory=str(root),
         seed=seed,
@@ -277,7 +278,8 @@ def _run(root: Path, workload: Workload, orders: int, progress: bool | None, fsy
         done += size
         bar.advance(size)
     bar.close()
-    seconds = clock() - started
+    finished = clock()
+    seconds = finished - started
     for log in (operations, events_log, *output_logs.values()):
         log.close()
     return _Run(
@@ -293,6 +295,7 @@ def _run(root: Path, workload: Workload, orders: int, progress: bool | None, fsy
         # Everything of the run that is not the exchange: making the commands, watching
         # the events for orders to cancel, counting them, the progress line.
         generator_seconds=seconds - in_exchange,
+        finished=finished,
         totals=exchange.core.state.asset_totals(),
         state_hashes=exchange.state_hashes(),
     )
