@@ -56,6 +56,18 @@ SYMBOLS = [
 ]
 
 
+# The workload's draws, written the way Random computes them anyway (randint(a, b) is
+# randrange(a, b + 1); choices turns weights into these cumulative weights; members by
+# position instead of through the enum call), so the commands stay the same for a seed
+# while making them takes about half the time (measured: 0.23 to 0.30 s against 0.46 to
+# 0.58 s for 50,000).
+_SIDES = tuple(Side)
+_TIFS = tuple(TimeInForce(i) for i in range(4))  # GTC, IOC, FOK, POST_ONLY
+_TIF_CUM_WEIGHTS = (85, 92, 95, 100)  # weights 85, 7, 3, 5
+_STPS = tuple(SelfTrade(i) for i in range(3))
+_STP_CUM_WEIGHTS = (90, 95, 100)  # weights 90, 5, 5
+
+
 class DemoSummary(msgspec.Struct):
     """What ``ledger demo`` prints (and ``--json`` emits).
 
@@ -127,23 +139,23 @@ class Workload:
         if roll < 0.20 and self.open_orders:
             user, order_id = self.open_orders.pop(rng.randrange(len(self.open_orders)))
             return CancelOrder(user, self._next_id(), order_id, ts_ms)
-        user = rng.randint(1, self.users)
+        user = rng.randrange(1, self.users + 1)
         name, base, lot, _tick, mid = self.symbols[rng.randrange(len(self.symbols))]
-        side = Side(rng.randint(0, 1))
+        side = _SIDES[rng.randrange(2)]
         if roll < 0.24:
             asset = rng.choice(["USDT", base])
-            amount = rng.randint(1, 100) * (lot if asset == base else 10**6)
+            amount = rng.randrange(1, 101) * (lot if asset == base else 10**6)
             if rng.random() < 0.5:
                 return Deposit(user, self._next_id(), asset, amount, ts_ms)
             return Withdraw(user, self._next_id(), asset, amount, ts_ms)
         if roll < 0.29:
-            budget = rng.randint(1, 20) * mid * 10 if side == Side.BUY else 0
+            budget = rng.randrange(1, 21) * mid * 10 if side == Side.BUY else 0
             return PlaceOrder(
                 user,
                 self._next_id(),
                 name,
                 side,
-                rng.randint(1, 20),
+                rng.randrange(1, 21),
                 0,
                 OrderType.MARKET,
                 TimeInForce.IOC,
@@ -151,12 +163,12 @@ class Workload:
                 SelfTrade.CANCEL_TAKER,
                 ts_ms,
             )
-        offset = rng.randint(-20, 20)
+        offset = rng.randrange(-20, 21)
         price = mid + (offset if side == Side.SELL else -offset)
-        tif = TimeInForce(rng.choices([0, 1, 2, 3], weights=[85, 7, 3, 5])[0])
-        stp = SelfTrade(rng.choices([0, 1, 2], weights=[90, 5, 5])[0])
+        tif = rng.choices(_TIFS, cum_weights=_TIF_CUM_WEIGHTS)[0]
+        stp = rng.choices(_STPS, cum_weights=_STP_CUM_WEIGHTS)[0]
         return PlaceOrder(
-            user, self._next_id(), name, side, rng.randint(1, 20), price, OrderType.LIMIT, tif, 0, stp, ts_ms
+            user, self._next_id(), name, side, rng.randrange(1, 21), price, OrderType.LIMIT, tif, 0, stp, ts_ms
         )
 
 
