@@ -115,9 +115,12 @@ def verify(events: Log, output_logs: dict[str, Log], live_hashes: dict[str, str]
     One pass over each log: balance.events is read and decoded once, by the UBSCore
     replay, which hands each event to the engines re-run on it; each engine's output log
     is read once, alongside, each recorded output compared with the re-run's output at
-    the same position and applied to the rebuilt engine. Memory holds one read batch of
-    each log, never a whole log. A record that does not decode raises ``DecodeError``
-    naming its log and offset; everything else that fails is a problem in the report."""
+    the same position and applied to the rebuilt engine. Memory holds the states being
+    rebuilt, one read batch of each log and at most a chunk of re-run outputs, never a
+    whole log. A record that does not decode raises ``DecodeError`` naming its log and
+    offset; everything else that fails is a problem in the report, naming the position:
+    the first output where the re-run and the log differ, the offset of an output that
+    does not rebuild, the seq of an event the re-run refuses."""
     problems: list[str] = []
     hashes: dict[str, str] = {}
     audits = {name: _EngineAudit(name, output_logs[name]) for name in sorted(output_logs)}
