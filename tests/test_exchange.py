@@ -3,6 +3,7 @@ whole-exchange properties on random workloads."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +15,13 @@ from ledger import (
     OrderAccepted,
     PlaceOrder,
     Side,
+    TimeInForce,
     TradeSettled,
 )
-from ledger.app.exchange import verify
-from ledger.protocol.outputs import OrderCancelled
+from ledger.app.exchange import Exchange, verify
+from ledger.logs.base import MemoryLog
+from ledger.protocol.codec import EVENTS, OUTPUTS, DecodeError
+from ledger.protocol.outputs import EngineOutput, OrderCancelled, OrderRested
 from ledger.protocol.reasons import Reason
 from support import BTC, USDT, assert_conserved, new_exchange, run_workload
 
@@ -116,3 +120,115 @@ def test_the_demo_command_passes_its_own_checks(tmp_path) -> None:
 
     assert main(["demo", "--dir", str(tmp_path / "demo"), "--orders", "3000", "--users", "50",
                  "--fsync", "never", "--no-progress", "--json"]) == 0
+
+
+# -- verify streams the logs: an altered record is still caught, and named ----------------
+
+
+def _altered(log: MemoryLog, offset: int, record: bytes | None) -> MemoryLog:
+    """A copy of ``log`` with the record at ``offset`` replaced (None: dropped)."""
+    records = list(log.read(0, 10**9).values)
+    if record is None:
+        del records[offset]
+    else:
+        records[offset] = record
+    copy = MemoryLog(log.name)
+    copy.append(records)
+    return copy
+
+
+def _decoded(log: MemoryLog) -> list[EngineOutput]:
+    return [OUTPUTS.decode(r) for r in log.read(0, 10**9).values]
+
+
+@pytest.fixture(scope="module")
+def workload() -> tuple[Exchange, dict[str, MemoryLog]]:
+    return run_workload(11, 1_500)
+
+
+def test_an_altered_output_record_is_named_by_its_position(workload) -> None:
+    exchange, outputs = workload
+    symbol = "BTC-USDT"
+    records = _decoded(outputs[symbol])
+    at = len(records) // 2
+    # input_seq is overwritten by the next output's on rebuild: only the byte for byte
+    # comparison of the re-run with the log can see this change.
+    changed = msgspec.structs.replace(records[at], input_seq=records[at].input_seq + 1)
+    logs = dict(outputs, **{symbol: _altered(outputs[symbol], at, OUTPUTS.encode(changed))})
+    report = verify(exchange.events, logs, exchange.state_hashes())
+    assert not report.ok
+    assert report.problems == [
+        f"engine {symbol}: re-running it over balance.events differs from its log at output {at} "
+        f"({len(records)} outputs re-run, {len(records)} recorded)"
+    ]
+    assert report.replayed_hashes == exchange.state_hashes()
+
+
+def test_a_missing_or_extra_output_record_is_named_by_its_position(workload) -> None:
+    exchange, outputs = workload
+    symbol = "ETH-USDT"
+    count = outputs[symbol].end_offset()
+    short = dict(outputs, **{symbol: _altered(outputs[symbol], count - 1, None)})
+    problems = verify(exchange.events, short, exchange.state_hashes()).problems
+    assert (
+        f"engine {symbol}: re-running it over balance.events differs from its log at output {count - 1} "
+        f"({count} outputs re-run, {count - 1} recorded)"
+    ) in problems
+    longer = MemoryLog(symbol)
+    longer.append(list(outputs[symbol].read(0, 10**9).values))
+    last = outputs[symbol].read(count - 1).values[0]
+    longer.append([last])  # the last output again: a seq the book has already taken
+    problems = verify(exchange.events, dict(outputs, **{symbol: longer}), exchange.state_hashes()).problems
+    assert problems[0].startswith(f"engine {symbol}: its log does not rebuild at offset {count}: ")
+    assert (
+        f"engine {symbol}: re-running it over balance.events differs from its log at output {count} "
+        f"({count} outputs re-run, {count + 1} recorded)"
+    ) in problems
+
+
+def test_an_output_record_that_does_not_decode_raises_naming_its_offset(workload) -> None:
+    exchange, outputs = workload
+    symbol = "BTC-USDT"
+    damaged = _altered(outputs[symbol], 5, b"\x93\xa5Bogus\x01\x02")
+    with pytest.raises(DecodeError, match=f"{symbol} offset 5: "):
+        verify(exchange.events, dict(outputs, **{symbol: damaged}))
+
+
+def test_an_altered_balance_event_is_named_by_the_engine_output_it_changes(workload) -> None:
+    exchange, outputs = workload
+    symbol = "BTC-USDT"
+    events = [EVENTS.decode(r) for r in exchange.events.read(0, 10**9).values]
+    records = _decoded(outputs[symbol])
+    first_output: dict[int, int] = {}
+    for position, output in enumerate(records):
+        first_output.setdefault(output.input_seq, position)
+    # A resting GTC order turned IOC: UBSCore's replay is none the wiser (time in force
+    # is the engine's business), but the re-run engine expires the order instead of
+    # resting it.
+    event = next(
+        e for e in events
+        if type(e) is OrderAccepted and e.symbol == symbol and e.tif == TimeInForce.GTC
+        and e.seq in first_output and type(records[first_output[e.seq]]) is OrderRested
+    )
+    at = first_output[event.seq]
+    changed = msgspec.structs.replace(event, tif=TimeInForce.IOC)
+    altered = _altered(exchange.events, event.seq - 1, EVENTS.encode(changed))
+    report = verify(altered, outputs, exchange.state_hashes())
+    problem = next(p for p in report.problems if p.startswith(f"engine {symbol}: re-running"))
+    assert f"differs from its log at output {at} (" in problem
+    assert not any(p.startswith("engine ETH-USDT") for p in report.problems)
+
+
+def test_the_demo_reports_the_exchange_and_the_generator_apart(tmp_path) -> None:
+    from ledger.app.demo import run_demo
+    from ledger.logs.file import FsyncPolicy
+
+    summary = run_demo(tmp_path / "demo", users=10, orders=400, progress=False, fsync=FsyncPolicy.NEVER)
+    assert summary.checks_ok, summary.problems
+    assert 0 < summary.exchange_seconds < summary.seconds
+    assert 0 < summary.generator_seconds < summary.seconds
+    assert summary.exchange_seconds + summary.generator_seconds == pytest.approx(summary.seconds, abs=0.002)
+    # The seconds are rounded to the millisecond, the rates computed before rounding.
+    assert summary.exchange_commands_per_second == pytest.approx(summary.commands / summary.exchange_seconds, rel=0.1)
+    assert summary.generator_commands_per_second > summary.commands_per_second
+    assert summary.check_seconds > 0

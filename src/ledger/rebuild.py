@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 from msgspec.msgpack import Ext
@@ -26,7 +26,7 @@ from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log, scan
 from ledger.progress import Progress
 from ledger.protocol.codec import EVENTS
-from ledger.protocol.events import BALANCE_EVENT_TYPES
+from ledger.protocol.events import BALANCE_EVENT_TYPES, BalanceEvent
 from ledger.protocol.limits import READ_RECORDS_MAX
 from ledger.ubscore import SequenceError, UBSCore
 
@@ -51,14 +51,18 @@ def replay(
     snapshot: bytes | None = None,
     until: int | None = None,
     progress: bool | None = False,
+    observe: Callable[[BalanceEvent], object] | None = None,
 ) -> UBSCore:
     """Apply the events of ``log`` to ``reducer`` (default: a new UBSCore) and return it.
 
     With ``snapshot``, start from the verified snapshot state and apply only the events
     after its seq. With ``until``, stop after the event with that seq. ``progress``
-    draws a progress line on stderr (None: only if stderr is a terminal).
+    draws a progress line on stderr (None: only if stderr is a terminal). ``observe``,
+    if given, is called with each event right after it is applied, so other reducers of
+    balance.events (the engines ``ledger.app.exchange.verify`` re-runs) share this one
+    read and decode of the log; an exception it raises stops the replay.
     """
-    core, _count = _replay(log, reducer, snapshot, until, progress)
+    core, _count = _replay(log, reducer, snapshot, until, progress, observe)
     return core
 
 
@@ -68,6 +72,7 @@ def _replay(
     snapshot: bytes | None,
     until: int | None,
     progress: bool | None,
+    observe: Callable[[BalanceEvent], object] | None = None,
 ) -> tuple[UBSCore, int]:
     if snapshot is not None:
         core = UBSCore.from_snapshot(snapshot)
@@ -106,6 +111,8 @@ def _replay(
                     except SequenceError as error:
                         raise SequenceError(f"{log.name} offset {offsets[i]}: {error}") from None
                     applied += 1
+                    if observe is not None:
+                        observe(event)
                 bar.advance(len(batch.values))
         finally:
             bar.close()

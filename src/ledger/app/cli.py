@@ -390,9 +390,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"directory:    {summary.directory}  (seed {summary.seed}, {summary.users:,} users)")
         print(f"symbols:      {', '.join(summary.symbols)}")
+        print(f"commands:     {summary.commands:,} in {summary.seconds:.2f} s")
         print(
-            f"commands:     {summary.commands:,} in {summary.seconds:.2f} s "
-            f"({summary.commands_per_second:,.0f} commands/s, end to end, logs written)"
+            f"exchange:     {summary.exchange_commands_per_second:,.0f} commands/s ({summary.exchange_seconds:.2f} s "
+            "in UBSCore, the engines and settlement, logs written)"
+        )
+        print(
+            f"generator:    {summary.generator_commands_per_second:,.0f} commands/s ({summary.generator_seconds:.2f} s "
+            "making the commands and watching their events)"
         )
         print(
             f"events:       {summary.events:,} balance events, {summary.engine_outputs:,} engine outputs, "
@@ -410,11 +415,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {name:<18} {live}  {mark}")
         if summary.checks_ok:
             print(
-                "checks:       ok (replayed hashes equal live ones, engines re-run byte for byte, "
-                "conservation holds for every asset)"
+                f"checks:       ok in {summary.check_seconds:.2f} s (replayed hashes equal live ones, engines "
+                "re-run byte for byte, conservation holds for every asset)"
             )
         else:
-            print("CHECKS FAILED:")
+            print(f"CHECKS FAILED ({summary.check_seconds:.2f} s):")
             for problem in summary.problems:
                 print(f"  {problem}")
     if not summary.checks_ok:
