@@ -254,3 +254,29 @@ def test_a_null_record_is_a_malformed_command_but_corruption_on_our_own_streams(
     output.append([b""])
     with pytest.raises(DecodeError, match=f"offset {end}"):
         run_quiet([UBSCoreService(streams, 50, 0)])
+
+
+def test_the_metrics_count_what_the_services_did() -> None:
+    import socket
+    import urllib.request
+
+    from ledger.app.metrics import ServiceMetrics
+
+    streams = MemoryStreams()
+    send(streams, planned_workload(seed=9, commands=500, users=10, symbols=1))
+    running = services(streams)
+    metrics = ServiceMetrics()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics.serve(port)
+    run_services(running, Stopper(), idle_exit_s=0.05, summary_every_s=0, metrics=metrics)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    ubscore, engine = running
+    written = sum(streams.outputs(s).end_offset() for s in streams.output_symbols())
+    assert f'ledger_outputs_total{{service="ubscore"}} {float(streams.events().end_offset())}' in text
+    assert f'ledger_inputs_total{{service="ubscore"}} {float(ubscore.counters.inputs)}' in text
+    assert f'ledger_outputs_total{{service="engine"}} {float(written)}' in text
+    assert f'ledger_batch_seconds_count{{service="ubscore"}} {float(ubscore.counters.batches)}' in text
+    assert 'ledger_input_lag{input="commands",service="ubscore"}' in text
+    assert ubscore.counters.inputs > 500 and written > 100  # the run did something to count

@@ -699,6 +699,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _open_store(url, read_only=False)
 
         chosen.append(svc.ProjectService(streams, store, state_every))
+    metrics = None
+    if args.metrics_port is not None:
+        from ledger.app.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics()
+        metrics.serve(args.metrics_port, args.metrics_address)
     stopper = svc.Stopper()
     signal.signal(signal.SIGTERM, stopper.stop)
     svc.run_services(
@@ -707,6 +713,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         idle_exit_s=args.idle_exit_s,
         outage_s_max=args.outage_s_max,
         summary_every_s=args.log_every_s,
+        metrics=metrics,
     )
     for service in chosen:
         c = service.counters
@@ -839,6 +846,8 @@ def _run_parser(sub: Any) -> None:
         sp.add_argument(
             "--log-every-s", type=_seconds, default=SUMMARY_EVERY_S_DEFAULT, help="the summary line's period (0: never)"
         )
+        sp.add_argument("--metrics-port", type=_integer(1, 65535), help="serve Prometheus metrics on this port")
+        sp.add_argument("--metrics-address", default="127.0.0.1", help="the metrics' address (default 127.0.0.1)")
         if name in ("engine", "all"):
             sp.add_argument("--symbol", action="append", help="host this symbol (repeat; default: every symbol)")
         if name in ("project", "all"):

@@ -619,6 +619,10 @@ class ProjectService:
             return 0
         return sum(s.applied for s in self._projector.streams)
 
+    def open_faults(self) -> int:
+        """How many sequence faults the store holds open."""
+        return 0 if self._store is None else len(self._store.faults(open_only=True))
+
     def step(self) -> int:
         projector = self._projector
         assert projector is not None, "open() first"
@@ -690,11 +694,13 @@ def run_services(
     idle_exit_s: float = 0.0,
     outage_s_max: float = OUTAGE_S_MAX_DEFAULT,
     summary_every_s: float = SUMMARY_EVERY_S_DEFAULT,
+    metrics: Any = None,
 ) -> None:
     """Run ``services`` in turn in this thread until ``stopper`` is set (or, with
     ``idle_exit_s``, until none had anything to do for that long). Outages are retried
     (see the module's notes); a service that fails for ``outage_s_max`` raises
-    ``ServiceError``. Errors that are not outages propagate at once."""
+    ``ServiceError``. Errors that are not outages propagate at once. ``metrics`` (a
+    ``ledger.app.metrics.ServiceMetrics``) is brought up to date after every round."""
     opened = [False] * len(services)
     failing_since: list[float | None] = [None] * len(services)
     pause_ms = [float(RETRY_PAUSE_MS_FIRST)] * len(services)
@@ -744,6 +750,8 @@ def run_services(
                 pause_ms[i] = RETRY_PAUSE_MS_FIRST
                 if handled:
                     busy = True
+            if metrics is not None:
+                metrics.update(services, opened)
             now = time.monotonic()
             if summary_every_s and now - summary_at >= summary_every_s:
                 for i, service in enumerate(services):
