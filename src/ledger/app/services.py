@@ -675,6 +675,10 @@ def is_retriable(error: BaseException) -> bool:
         # A broker that cannot be reached; a file log's other errors are damage or
         # permissions, which waiting does not mend.
         return str(error).startswith("kafka") and not isinstance(error, KafkaConfigError)
+    if type(error).__name__ == "KafkaException" and error.args:
+        # A client call the log did not wrap: an outage unless the client says it is fatal.
+        inner = error.args[0]
+        return not (hasattr(inner, "fatal") and inner.fatal())
     return isinstance(error, StoreError)
 
 
