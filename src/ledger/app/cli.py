@@ -714,6 +714,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_target(args: argparse.Namespace) -> tuple[Log, str]:
+    """balance.operations of the deployment ``load`` writes to, opened for writing, and
+    how to name it."""
+    if args.kafka and args.dir:
+        raise CliError("give --dir DIR or --kafka HOST:PORT, not both")
+    if args.kafka:
+        from ledger.app.streams import KafkaStreams
+        from ledger.logs.kafka import ensure_topic, load_client_config
+
+        streams = KafkaStreams(args.kafka, load_client_config(), topic_prefix=args.topic_prefix)
+        topic = streams.topic(layout.OPERATIONS)
+        ensure_topic(streams.bootstrap, topic, client_config=streams.client_config)
+        return streams.commands(writer=True), f"kafka {streams.bootstrap} topic {topic}"
+    if not args.dir:
+        raise CliError("give --dir DIR (a file-log deployment) or --kafka HOST:PORT")
+    if args.topic_prefix:
+        raise CliError("--topic-prefix is for --kafka")
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise CliError(f"--dir {root}: no such directory (make it first)")
+    operations = layout.operations_dir(root)
+    if operations.exists() and not operations.is_dir():
+        raise CliError(f"--dir {root}: {layout.OPERATIONS} is not a directory")
+    from ledger.app.streams import FileStreams
+    from ledger.logs.file import FsyncPolicy
+
+    operations.mkdir(exist_ok=True)
+    return FileStreams(root, FsyncPolicy(args.fsync)).commands(writer=True), str(operations)
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from ledger.app.load import planned_ids, planned_workload, request_id_base_after, send_workload
+
+    if args.fsync is not None and not args.dir:
+        raise CliError("--fsync is for --dir")
+    args.fsync = args.fsync or "always"
+    log, where = _load_target(args)
+    try:
+        base = request_id_base_after(log) if args.request_id_base is None else args.request_id_base
+        try:
+            commands = planned_workload(args.seed, args.orders, args.users, args.symbols, request_id_base=base)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        report = send_workload(log, commands, rate_per_s=args.rate)
+    finally:
+        log.close()
+    last_id = base + planned_ids(args.orders, args.users, args.symbols)
+    if args.json:
+        body = {**msgspec.to_builtins(report), "log": where, "request_ids": [base + 1, last_id], "seed": args.seed}
+        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+    else:
+        rate = report.commands / report.seconds if report.seconds > 0 else 0.0
+        print(
+            f"load: {report.commands:,} commands sent to {where} in {report.seconds:.2f} s ({rate:,.0f} commands/s; "
+            f"offsets {report.first_offset:,}..{report.last_offset:,}, request ids {base + 1:,}..{last_id:,})"
+        )
+    return EXIT_OK
+
+
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", type=_source, help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka"
@@ -847,6 +906,48 @@ def _run_parser(sub: Any) -> None:
         sp.set_defaults(run=_cmd_run)
 
 
+def _rate(text: str) -> float:
+    from ledger.app.load import LOAD_RATE_MAX
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of commands per second") from None
+    if not math.isfinite(value) or not 0 < value <= LOAD_RATE_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: commands/s must be more than 0 and at most {LOAD_RATE_MAX:,}")
+    return value
+
+
+def _load_parser(sub: Any) -> None:
+    from ledger.app.demo import SYMBOLS
+    from ledger.app.load import LOAD_COMMANDS_MAX, LOAD_USERS_MAX
+    from ledger.protocol.limits import REQUEST_ID_MAX
+
+    lp = sub.add_parser("load", help="produce a planned workload onto balance.operations (for the services)")
+    lp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of the Kafka cluster")
+    lp.add_argument("--topic-prefix", default="", help="with --kafka: the prefix on the deployment's topics")
+    lp.add_argument("--dir", type=_nonempty, help="a file-log deployment's directory (writes DIR/balance.operations)")
+    lp.add_argument(
+        "--orders",
+        type=_integer(0, LOAD_COMMANDS_MAX),
+        required=True,
+        help=f"commands after the listings and deposits (orders, cancels, ...): 0..{LOAD_COMMANDS_MAX:,}",
+    )
+    lp.add_argument("--users", type=_integer(1, LOAD_USERS_MAX), default=200, help=f"1..{LOAD_USERS_MAX:,}")
+    lp.add_argument("--symbols", type=_integer(1, len(SYMBOLS)), default=3, help=f"1..{len(SYMBOLS)}")
+    lp.add_argument("--seed", type=_integer(-(2**63), 2**63 - 1), default=1)
+    lp.add_argument("--rate", type=_rate, help="commands per second (default: as fast as the log takes them)")
+    lp.add_argument(
+        "--request-id-base",
+        type=_integer(0, REQUEST_ID_MAX),
+        help="request ids are BASE+1 onwards (default: the end offset of balance.operations, so a load onto a "
+        "deployment that only ledger load wrote to uses new ids)",
+    )
+    lp.add_argument("--fsync", choices=["always", "never"], help="with --dir: the file log's fsync policy (always)")
+    lp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    lp.set_defaults(run=_cmd_load)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = _Parser(prog="ledger", description="Event-sourced exchange ledger tools.")
@@ -855,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _settlement_parsers(sub)
     _run_parser(sub)
+    _load_parser(sub)
     return parser
 
 
