@@ -329,15 +329,90 @@ def _open_replay_log(args: argparse.Namespace) -> Any:
     if args.kafka:
         from ledger.logs.kafka import KafkaLog, load_client_config
 
-        return KafkaLog(args.kafka, args.topic, args.partition, client_config=load_client_config())
+        topic = args.topic_prefix + (args.topic or layout.EVENTS)
+        return KafkaLog(args.kafka, topic, args.partition, client_config=load_client_config())
     return FileLog(_log_dir(args.log, "--log"), readonly=True)
 
 
+def _engine_log(args: argparse.Namespace) -> Any:
+    """SYMBOL's engine output log that ``replay --engine`` reads (opened to read)."""
+    symbol = args.engine
+    if args.kafka:
+        from ledger.logs.kafka import KafkaLog, load_client_config
+
+        topic = args.topic_prefix + (args.topic or layout.output_topic(symbol))
+        return KafkaLog(args.kafka, topic, 0, client_config=load_client_config())
+    from ledger.logs.file import FileLog
+
+    root = Path(args.log)
+    found = layout.output_dir(root, symbol)
+    if root.is_dir() and not found.exists() and not any(p.suffix == SEGMENT_SUFFIX for p in root.iterdir()):
+        known = layout.output_symbols(root)
+        hint = f" (its streams: {', '.join(known)})" if known else ""
+        raise CliError(f"--log {root}: no {layout.output_stream(symbol)} stream here{hint}")
+    directory = found if found.exists() else root
+    return FileLog(_log_dir(str(directory), "--log"), readonly=True)
+
+
+def _print_book(summary: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
+        return
+    print(f"log:          {summary.log}")
+    print(f"outputs:      {summary.outputs:,} (seq 1..{summary.seq:,}), last input seq {summary.last_input_seq:,}")
+    print(f"state hash:   {summary.state_hash}")
+    print(
+        f"book:         {summary.bid_orders:,} bids at {summary.bid_levels:,} prices, "
+        f"{summary.ask_orders:,} asks at {summary.ask_levels:,} prices ({summary.seconds:.3f} s)"
+    )
+    if not summary.bids and not summary.asks:
+        return
+    header = f"{'bid orders':>10} {'qty (lots)':>14} {'price (ticks)':>14}"
+    print(f"  {header} | {'price (ticks)':<14} {'qty (lots)':<14} orders")
+    for i in range(max(len(summary.bids), len(summary.asks))):
+        bid = summary.bids[i] if i < len(summary.bids) else None
+        ask = summary.asks[i] if i < len(summary.asks) else None
+        left = f"{bid.orders:>10,} {bid.qty_lots:>14,} {bid.price_ticks:>14,}" if bid else " " * 40
+        right = f"{ask.price_ticks:<14,} {ask.qty_lots:<14,} {ask.orders:,}" if ask else ""
+        print(f"  {left} | {right}".rstrip())
+
+
+def _cmd_replay_engine(args: argparse.Namespace) -> int:
+    from ledger.app.books import BookReplayError, summarize_book
+
+    for option, given in (("--snapshot", args.snapshot), ("--save-snapshot", args.save_snapshot)):
+        if given:
+            raise CliError(f"{option} is for balance.events; --engine rebuilds a book from its stream alone")
+    if args.partition:
+        raise CliError("--partition is for balance.events; an engine stream has one partition (0)")
+    log = _engine_log(args)
+    try:
+        if log.end_offset() == 0:
+            raise CliError(f"{log.name}: holds no outputs (it ends at offset 0)")
+        try:
+            summary = summarize_book(log, args.engine, until=args.until, depth=args.depth)
+        except BookReplayError as error:  # the stream fails its own replay: a check failed
+            raise CliError(str(error), EXIT_CHECK_FAILED) from None
+    finally:
+        log.close()
+    if args.until is not None and summary.seq != args.until:
+        raise CliError(f"--until {args.until:,} is past the end of the stream (it ends at seq {summary.seq:,})")
+    _print_book(summary, args.json)
+    return EXIT_OK
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from ledger.app.books import DEPTH_DEFAULT
     from ledger.rebuild import replay_summary
 
     if (args.log is None) == (args.kafka is None):
         raise CliError("give --log DIR, or --kafka HOST:PORT --topic NAME")
+    if args.topic_prefix and not args.kafka:
+        raise CliError("--topic-prefix is for --kafka")
+    if args.engine is not None:
+        return _cmd_replay_engine(args)
+    if args.depth != DEPTH_DEFAULT:
+        raise CliError("--depth is for --engine")
     snap = _input_file(args.snapshot, "--snapshot") if args.snapshot else None
     if args.save_snapshot:
         _check_output_file(args.save_snapshot, "--save-snapshot")
@@ -746,10 +821,14 @@ def _load_target(args: argparse.Namespace) -> tuple[Log, str]:
 
 def _cmd_load(args: argparse.Namespace) -> int:
     from ledger.app.load import planned_ids, planned_workload, request_id_base_after, send_workload
+    from ledger.protocol.limits import REQUEST_ID_MAX
 
     if args.fsync is not None and not args.dir:
         raise CliError("--fsync is for --dir")
     args.fsync = args.fsync or "always"
+    base_max = REQUEST_ID_MAX - planned_ids(args.orders, args.users, args.symbols)
+    if args.request_id_base is not None and args.request_id_base > base_max:
+        raise CliError(f"--request-id-base {args.request_id_base:,}: at most {base_max:,} for this workload")
     log, where = _load_target(args)
     try:
         base = request_id_base_after(log) if args.request_id_base is None else args.request_id_base
@@ -791,10 +870,35 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay_parser(sub: Any) -> None:
-    rp = sub.add_parser("replay", help="rebuild UBSCore state from balance.events and summarize it")
-    rp.add_argument("--log", type=_nonempty, help="directory of a file log holding balance.events")
+    from ledger.app.books import DEPTH_DEFAULT, DEPTH_MAX
+
+    rp = sub.add_parser(
+        "replay", help="rebuild UBSCore state from balance.events (or a book from its engine stream) and summarize it"
+    )
+    rp.add_argument(
+        "--log",
+        type=_nonempty,
+        help="directory of a file log holding balance.events; with --engine, a deployment's directory "
+        f"(its {layout.OUTPUTS}/SYMBOL) or the engine log itself",
+    )
     rp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster holding balance.events")
-    rp.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the topic")
+    rp.add_argument(
+        "--topic",
+        help=f"with --kafka: the topic (default {layout.EVENTS}; with --engine, {layout.OUTPUTS}.SYMBOL)",
+    )
+    rp.add_argument("--topic-prefix", default="", help="with --kafka: a prefix on the topic (as `ledger run` has)")
+    rp.add_argument(
+        "--engine",
+        metavar="SYMBOL",
+        type=_nonempty,
+        help="rebuild SYMBOL's order book from its engine output stream alone; print its hash and top levels",
+    )
+    rp.add_argument(
+        "--depth",
+        type=_integer(0, DEPTH_MAX),
+        default=DEPTH_DEFAULT,
+        help=f"with --engine: price levels shown per side (0..{DEPTH_MAX:,})",
+    )
     rp.add_argument("--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)")
     rp.add_argument("--until", type=_integer(1), help="stop after the event with this seq (in the log)")
     rp.add_argument("--snapshot", type=_nonempty, help="start from this verified snapshot file")
