@@ -516,6 +516,8 @@ def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise CliError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
     if log is not None and args.engine_topic:
         raise CliError("--engine-topic is for --kafka; file logs are found under DIR/engine.outputs/")
+    if log is not None and args.topic_prefix:
+        raise CliError("--topic-prefix is for --kafka")
     return log, kafka
 
 
@@ -526,16 +528,27 @@ def _sources(args: argparse.Namespace) -> list[Any]:
     if log is not None:
         _deployment_root(log, "--log" if args.source is None else "--source")
         return file_sources(log)
+    prefix = args.topic_prefix
     topics: dict[str, str] = {}
     for item in args.engine_topic or []:
         symbol, sep, topic = item.partition("=")
         if not sep or not symbol or not topic:
             raise CliError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
-        topics[symbol] = topic
+        topics[symbol] = prefix + topic
     assert kafka is not None
     from ledger.logs.kafka import load_client_config
 
-    return kafka_sources(kafka, args.topic, topics, args.partition, client_config=load_client_config())
+    config = load_client_config()
+    if prefix and not topics:
+        from ledger.app.streams import KafkaStreams
+
+        streams = KafkaStreams(kafka, config, topic_prefix=prefix)
+        topics = {symbol: streams.output_topic(symbol) for symbol in streams.output_symbols()}
+    # With a prefix the streams keep their own names, as `ledger run --topic-prefix` keeps them.
+    stream = args.topic if prefix else None
+    return kafka_sources(
+        kafka, prefix + args.topic, topics, args.partition, client_config=config, balance_stream=stream
+    )
 
 
 @contextlib.contextmanager
@@ -642,7 +655,8 @@ def _open_commands_log(args: argparse.Namespace, stack: contextlib.ExitStack) ->
     if kafka is not None:
         from ledger.logs.kafka import KafkaLog, load_client_config
 
-        log = KafkaLog(kafka, args.commands, args.partition, client_config=load_client_config())
+        topic = args.topic_prefix + args.commands
+        log = KafkaLog(kafka, topic, args.partition, client_config=load_client_config())
         return stack.enter_context(contextlib.closing(log))
     from ledger.logs.file import FileLog
 
@@ -859,6 +873,13 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", type=_nonempty, help="a file-log directory as `ledger demo` writes it")
     parser.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster")
     parser.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the balance.events topic")
+    parser.add_argument(
+        "--topic-prefix",
+        default="",
+        help="with --kafka: a prefix on every topic named (--topic, --engine-topic, --commands), as `ledger run "
+        "--topic-prefix` has; the streams keep their names in the store, and without --engine-topic every "
+        "symbol's topic under the prefix is read",
+    )
     parser.add_argument(
         "--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)"
     )
