@@ -5,7 +5,8 @@
 # `bash scripts/services.sh up` first.
 #
 #   bash scripts/pipeline.sh up       check Kafka and Cassandra serve, start the three services
-#   bash scripts/pipeline.sh status   say which of them run (exit 0 only if all three do)
+#   bash scripts/pipeline.sh status   say which of them run (exit 0 only if all three do), each
+#                                     with its last summary line (position, lag per input)
 #   bash scripts/pipeline.sh down     SIGTERM what `up` started, wait, SIGKILL what is left
 #
 # Logs and PID files live in .pipeline/ (ignored by git): .pipeline/ubscore.log,
@@ -123,10 +124,15 @@ up() {
 }
 
 status() {
-    local name failed=0
+    local name failed=0 summary
     for name in "${SERVICES[@]}"; do
         if ours "$name"; then log "$name: running (pid $(cat "$STATE/$name.pid"), log $STATE/$name.log)"
         else log "$name: not running"; failed=1; fi
+        # Its last summary line: rates, position and lag per input (lag 0: caught up).
+        if [ -f "$STATE/$name.log" ]; then
+            summary="$(grep ': info: .*batches' "$STATE/$name.log" | tail -n 1 || true)"
+            if [ -n "$summary" ]; then log "  ${summary#*info: }"; fi
+        fi
     done
     return "$failed"
 }
