@@ -2,13 +2,16 @@
 
     ledger demo [--dir DIR] [--users N] [--symbols N] [--orders N] [--seed N] [--json]
     ledger replay --log DIR [--json] [--until SEQ] [--snapshot FILE] [--save-snapshot FILE]
-    ledger replay --kafka HOST:PORT --topic NAME [--partition N] [--json] ...
+    ledger replay --kafka HOST:PORT [--topic NAME] [--topic-prefix P] [--partition N] [--json] ...
+    ledger replay --engine SYMBOL (--log DIR | --kafka HOST:PORT [--topic-prefix P]) [--until SEQ] [--depth N] [--json]
     ledger project (--log DIR | --kafka HOST:PORT [--engine-topic SYMBOL=TOPIC ...]) --store URL
                    (or --source DIR | --source kafka://HOST:PORT)
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
-    ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--commands DIR|TOPIC] [--json]
+    ledger verify (--log DIR | --kafka HOST:PORT [--topic-prefix P]) --store URL [--commands DIR|TOPIC] [--json]
     ledger run ubscore|engine|project|all (--dir DIR | --kafka HOST:PORT) [--batch N] [--idle-exit-s S] ...
+    ledger load (--dir DIR | --kafka HOST:PORT [--topic-prefix P]) --orders N [--users U] [--symbols S]
+                [--seed X] [--rate R] [--request-id-base B] [--json]
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
 A store URL or Kafka address holding credentials (``user:password@``) is refused, and the
