@@ -251,9 +251,15 @@ stop() {  # stop NAME: SIGTERM the recorded PID, wait, then SIGKILL
 
 status() {
     local failed=0
-    if pid_alive "$STATE/kafka.pid" && kafka_serves; then log "kafka: serving on 127.0.0.1:$KAFKA_PORT"
+    # A server another checkout started serves as well as ours (its PID file is there).
+    local where
+    if kafka_serves; then
+        where=""; pid_alive "$STATE/kafka.pid" || where=" (not started by this checkout)"
+        log "kafka: serving on 127.0.0.1:$KAFKA_PORT$where"
     else log "kafka: DOWN"; failed=1; fi
-    if pid_alive "$STATE/cassandra.pid" && cassandra_serves; then log "cassandra: serving on 127.0.0.1:$CASSANDRA_PORT"
+    if cassandra_serves; then
+        where=""; pid_alive "$STATE/cassandra.pid" || where=" (not started by this checkout)"
+        log "cassandra: serving on 127.0.0.1:$CASSANDRA_PORT$where"
     else log "cassandra: DOWN"; failed=1; fi
     return "$failed"
 }

@@ -26,6 +26,7 @@ import pytest
 
 from ledger.app.cli import EXIT_CHECK_FAILED, EXIT_USAGE, main
 from ledger.app.demo import ORDERS_MAX, USERS_MAX, run_demo
+from ledger.app.load import LOAD_COMMANDS_MAX, LOAD_USERS_MAX
 from ledger.logs import layout
 from ledger.logs.file import FileLog, FsyncPolicy
 from ledger.rebuild import replay
@@ -119,6 +120,7 @@ def _build_scratch(scratch: Path, elsewhere: Path) -> None:
     _corrupt(layout.events_dir(scratch / "corrupt-deploy"))
     shutil.copytree(layout.operations_dir(demo), scratch / "corrupt-ops")
     _corrupt(scratch / "corrupt-ops")
+    shutil.copytree(scratch / "corrupt-ops", layout.operations_dir(scratch / "corrupt-ops-deploy"))
     with FileLog(scratch / "undecodable-ops", fsync=never) as log:
         log.append([b"\xc1 is never valid msgpack"])
     # Command logs the demo's events do not answer exactly: one command more, one less.
@@ -131,6 +133,8 @@ def _build_scratch(scratch: Path, elsewhere: Path) -> None:
     # Deployments for `ledger run`: balance.events a file, or a log with a bad header.
     (scratch / "events-file-deploy").mkdir()
     (scratch / "events-file-deploy" / layout.EVENTS).write_text("not a log\n")
+    (scratch / "ops-file-deploy").mkdir()
+    (scratch / "ops-file-deploy" / layout.OPERATIONS).write_text("not a log\n")
     shutil.copytree(scratch / "badheader", layout.events_dir(scratch / "badheader-deploy"))
     shutil.copytree(demo, scratch / "locked-deploy")
 
@@ -260,7 +264,55 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("outage-limit-not-a-number", IN_PROCESS, 2, ["run", "project", "--dir", D, "--outage-s-max", "soon"]),
     ("run-kafka-credentials", IN_PROCESS, 2, ["run", "ubscore", "--kafka", CRED_KAFKA]),
     ("run-fsync-choice", IN_PROCESS, 2, ["run", "ubscore", "--fsync", "maybe"]),
+    ("load-no-orders", IN_PROCESS, 2, ["load", "--dir", D]),
+    ("load-orders-negative", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "-1"]),
+    ("load-orders-over-max", IN_PROCESS, 2, ["load", "--dir", D, "--orders", str(LOAD_COMMANDS_MAX + 1)]),
+    ("load-users-0", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--users", "0"]),
+    ("load-users-over-max", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--users", str(LOAD_USERS_MAX + 1)]),
+    ("load-symbols-0", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--symbols", "0"]),
+    ("load-seed-not-a-number", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--seed", "x"]),
+    ("load-rate-0", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--rate", "0"]),
+    ("load-rate-nan", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--rate", "nan"]),
+    ("load-rate-over-max", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--rate", "1e9"]),
+    ("load-request-id-base-negative", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--request-id-base", "-1"]),
+    (
+        "load-request-id-base-too-high",
+        IN_PROCESS,
+        2,
+        ["load", "--dir", D, "--orders", "10", "--request-id-base", str(2**63 - 10)],
+    ),
+    ("load-kafka-credentials", IN_PROCESS, 2, ["load", "--kafka", CRED_KAFKA, "--orders", "10"]),
+    ("load-kafka-user-only", IN_PROCESS, 2, ["load", "--kafka", "admin@127.0.0.1:9092", "--orders", "10"]),
+    ("load-fsync-choice", IN_PROCESS, 2, ["load", "--dir", D, "--orders", "10", "--fsync", "sometimes"]),
+    ("replay-depth-negative", IN_PROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", D, "--depth", "-1"]),
+    ("replay-engine-empty-string", IN_PROCESS, 2, ["replay", "--engine", "", "--log", D]),
     # -- usage: combinations argparse cannot see
+    ("load-no-target", IN_PROCESS, 2, ["load", "--orders", "10"]),
+    ("load-dir-and-kafka", IN_PROCESS, 2, ["load", "--dir", D, "--kafka", "127.0.0.1:9092", "--orders", "10"]),
+    ("load-topic-prefix-with-dir", IN_PROCESS, 2, ["load", "--dir", D, "--topic-prefix", "x-", "--orders", "10"]),
+    (
+        "load-fsync-with-kafka",
+        IN_PROCESS,
+        2,
+        ["load", "--kafka", "127.0.0.1:9092", "--fsync", "never", "--orders", "1"],
+    ),
+    ("replay-engine-no-log", IN_PROCESS, 2, ["replay", "--engine", "BTC-USDT"]),
+    (
+        "replay-engine-snapshot",
+        IN_PROCESS,
+        2,
+        ["replay", "--engine", "BTC-USDT", "--log", D, "--snapshot", "{S}/s100.snap"],
+    ),
+    (
+        "replay-engine-save-snapshot",
+        IN_PROCESS,
+        2,
+        ["replay", "--engine", "BTC-USDT", "--log", D, "--save-snapshot", "{S}/x.snap"],
+    ),
+    ("replay-engine-partition", IN_PROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", D, "--partition", "1"]),
+    ("replay-depth-without-engine", IN_PROCESS, 2, ["replay", "--log", E, "--depth", "3"]),
+    ("replay-topic-prefix-with-log", IN_PROCESS, 2, ["replay", "--log", E, "--topic-prefix", "x-"]),
+    ("verify-topic-prefix-with-log", IN_PROCESS, 2, ["verify", "--log", D, "--store", PROJ, "--topic-prefix", "x-"]),
     ("replay-no-log", IN_PROCESS, 2, ["replay"]),
     ("replay-log-and-kafka", IN_PROCESS, 2, ["replay", "--log", E, "--kafka", "127.0.0.1:9092"]),
     ("project-no-log", IN_PROCESS, 2, ["project", "--store", NEW_DB]),
@@ -326,6 +378,24 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("replay-snapshot-not-a-snapshot", SUBPROCESS, 1, ["replay", "--log", E, "--snapshot", "{S}/afile"]),
     ("replay-log-with-a-gap", SUBPROCESS, 1, ["replay", "--log", "{S}/gapped/balance.events"]),
     ("replay-log-with-a-gap-json", SUBPROCESS, 1, ["replay", "--log", "{S}/gapped/balance.events", "--json"]),
+    # -- replay --engine: a stream that is not there, or not an engine stream
+    ("replay-engine-missing-stream", SUBPROCESS, 2, ["replay", "--engine", "XRP-USDT", "--log", D]),
+    ("replay-engine-missing-dir", SUBPROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", "{S}/missing"]),
+    ("replay-engine-empty-dir", SUBPROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", "{S}/empty"]),
+    ("replay-engine-header-only", SUBPROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", "{S}/headeronly"]),
+    ("replay-engine-on-balance-events", SUBPROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", E]),
+    (
+        "replay-engine-other-symbols-stream",
+        SUBPROCESS,
+        1,
+        ["replay", "--engine", "BTC-USDT", "--log", f"{D}/engine.outputs/ETH-USDT"],
+    ),
+    ("replay-engine-until-past-end", SUBPROCESS, 2, ["replay", "--engine", "BTC-USDT", "--log", D, "--until", "99999"]),
+    # -- load: a deployment that is not there, or whose command log is damaged
+    ("load-dir-missing", SUBPROCESS, 2, ["load", "--dir", "{S}/missing", "--orders", "10"]),
+    ("load-dir-is-a-file", SUBPROCESS, 2, ["load", "--dir", "{S}/afile", "--orders", "10"]),
+    ("load-operations-is-a-file", SUBPROCESS, 2, ["load", "--dir", "{S}/ops-file-deploy", "--orders", "10"]),
+    ("load-operations-corrupt", SUBPROCESS, 2, ["load", "--dir", "{S}/corrupt-ops-deploy", "--orders", "10"]),
     # -- demo: refused before anything is created
     ("demo-dir-is-a-file", SUBPROCESS, 2, ["demo", "--dir", "{S}/afile"]),
     ("demo-dir-is-a-segment", SUBPROCESS, 2, ["demo", "--dir", f"{E}/{SEGMENT}"]),

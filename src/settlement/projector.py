@@ -492,16 +492,19 @@ def kafka_sources(
     engine_topics: dict[str, str],
     partition: int = 0,
     client_config: Mapping[str, str] | None = None,
+    balance_stream: str | None = None,
 ) -> list[Source]:
     """The streams of Kafka topics: ``balance_topic`` (one UBSCore shard's partition) and
     one topic per symbol in ``engine_topics`` (symbol -> topic). ``client_config`` holds
-    the connection settings (``ledger.logs.kafka.load_client_config``)."""
+    the connection settings (``ledger.logs.kafka.load_client_config``). The balance
+    stream's name (its checkpoint's key) is ``balance_stream``, by default the topic's
+    name; an engine stream's is ``engine.outputs/SYMBOL`` whatever its topic."""
     from ledger.logs.kafka import KafkaLog
 
     def open_log(topic: str) -> KafkaLog:
         return KafkaLog(bootstrap, topic, partition, client_config=client_config)
 
-    sources = [Source(balance_topic, open_log(balance_topic), BALANCE)]
+    sources = [Source(balance_stream or balance_topic, open_log(balance_topic), BALANCE)]
     for symbol in sorted(engine_topics):
         sources.append(Source(layout.output_stream(symbol), open_log(engine_topics[symbol]), ENGINE, symbol))
     return sources

@@ -2,13 +2,16 @@
 
     ledger demo [--dir DIR] [--users N] [--symbols N] [--orders N] [--seed N] [--json]
     ledger replay --log DIR [--json] [--until SEQ] [--snapshot FILE] [--save-snapshot FILE]
-    ledger replay --kafka HOST:PORT --topic NAME [--partition N] [--json] ...
+    ledger replay --kafka HOST:PORT [--topic NAME] [--topic-prefix P] [--partition N] [--json] ...
+    ledger replay --engine SYMBOL (--log DIR | --kafka HOST:PORT [--topic-prefix P]) [--until SEQ] [--depth N] [--json]
     ledger project (--log DIR | --kafka HOST:PORT [--engine-topic SYMBOL=TOPIC ...]) --store URL
                    (or --source DIR | --source kafka://HOST:PORT)
                    [--policy halt|refetch] [--follow [--max-seconds S]] [--json]
     ledger gaps --store URL [--all] [--json]
-    ledger verify (--log DIR | --kafka HOST:PORT) --store URL [--commands DIR|TOPIC] [--json]
+    ledger verify (--log DIR | --kafka HOST:PORT [--topic-prefix P]) --store URL [--commands DIR|TOPIC] [--json]
     ledger run ubscore|engine|project|all (--dir DIR | --kafka HOST:PORT) [--batch N] [--idle-exit-s S] ...
+    ledger load (--dir DIR | --kafka HOST:PORT [--topic-prefix P]) --orders N [--users U] [--symbols S]
+                [--seed X] [--rate R] [--request-id-base B] [--json]
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
 A store URL or Kafka address holding credentials (``user:password@``) is refused, and the
@@ -329,15 +332,90 @@ def _open_replay_log(args: argparse.Namespace) -> Any:
     if args.kafka:
         from ledger.logs.kafka import KafkaLog, load_client_config
 
-        return KafkaLog(args.kafka, args.topic, args.partition, client_config=load_client_config())
+        topic = args.topic_prefix + (args.topic or layout.EVENTS)
+        return KafkaLog(args.kafka, topic, args.partition, client_config=load_client_config())
     return FileLog(_log_dir(args.log, "--log"), readonly=True)
 
 
+def _engine_log(args: argparse.Namespace) -> Any:
+    """SYMBOL's engine output log that ``replay --engine`` reads (opened to read)."""
+    symbol = args.engine
+    if args.kafka:
+        from ledger.logs.kafka import KafkaLog, load_client_config
+
+        topic = args.topic_prefix + (args.topic or layout.output_topic(symbol))
+        return KafkaLog(args.kafka, topic, 0, client_config=load_client_config())
+    from ledger.logs.file import FileLog
+
+    root = Path(args.log)
+    found = layout.output_dir(root, symbol)
+    if root.is_dir() and not found.exists() and not any(p.suffix == SEGMENT_SUFFIX for p in root.iterdir()):
+        known = layout.output_symbols(root)
+        hint = f" (its streams: {', '.join(known)})" if known else ""
+        raise CliError(f"--log {root}: no {layout.output_stream(symbol)} stream here{hint}")
+    directory = found if found.exists() else root
+    return FileLog(_log_dir(str(directory), "--log"), readonly=True)
+
+
+def _print_book(summary: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")
+        return
+    print(f"log:          {summary.log}")
+    print(f"outputs:      {summary.outputs:,} (seq 1..{summary.seq:,}), last input seq {summary.last_input_seq:,}")
+    print(f"state hash:   {summary.state_hash}")
+    print(
+        f"book:         {summary.bid_orders:,} bids at {summary.bid_levels:,} prices, "
+        f"{summary.ask_orders:,} asks at {summary.ask_levels:,} prices ({summary.seconds:.3f} s)"
+    )
+    if not summary.bids and not summary.asks:
+        return
+    header = f"{'bid orders':>10} {'qty (lots)':>14} {'price (ticks)':>14}"
+    print(f"  {header} | {'price (ticks)':<14} {'qty (lots)':<14} orders")
+    for i in range(max(len(summary.bids), len(summary.asks))):
+        bid = summary.bids[i] if i < len(summary.bids) else None
+        ask = summary.asks[i] if i < len(summary.asks) else None
+        left = f"{bid.orders:>10,} {bid.qty_lots:>14,} {bid.price_ticks:>14,}" if bid else " " * 40
+        right = f"{ask.price_ticks:<14,} {ask.qty_lots:<14,} {ask.orders:,}" if ask else ""
+        print(f"  {left} | {right}".rstrip())
+
+
+def _cmd_replay_engine(args: argparse.Namespace) -> int:
+    from ledger.app.books import BookReplayError, summarize_book
+
+    for option, given in (("--snapshot", args.snapshot), ("--save-snapshot", args.save_snapshot)):
+        if given:
+            raise CliError(f"{option} is for balance.events; --engine rebuilds a book from its stream alone")
+    if args.partition:
+        raise CliError("--partition is for balance.events; an engine stream has one partition (0)")
+    log = _engine_log(args)
+    try:
+        if log.end_offset() == 0:
+            raise CliError(f"{log.name}: holds no outputs (it ends at offset 0)")
+        try:
+            summary = summarize_book(log, args.engine, until=args.until, depth=args.depth)
+        except BookReplayError as error:  # the stream fails its own replay: a check failed
+            raise CliError(str(error), EXIT_CHECK_FAILED) from None
+    finally:
+        log.close()
+    if args.until is not None and summary.seq != args.until:
+        raise CliError(f"--until {args.until:,} is past the end of the stream (it ends at seq {summary.seq:,})")
+    _print_book(summary, args.json)
+    return EXIT_OK
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from ledger.app.books import DEPTH_DEFAULT
     from ledger.rebuild import replay_summary
 
     if (args.log is None) == (args.kafka is None):
         raise CliError("give --log DIR, or --kafka HOST:PORT --topic NAME")
+    if args.topic_prefix and not args.kafka:
+        raise CliError("--topic-prefix is for --kafka")
+    if args.engine is not None:
+        return _cmd_replay_engine(args)
+    if args.depth != DEPTH_DEFAULT:
+        raise CliError("--depth is for --engine")
     snap = _input_file(args.snapshot, "--snapshot") if args.snapshot else None
     if args.save_snapshot:
         _check_output_file(args.save_snapshot, "--save-snapshot")
@@ -441,6 +519,8 @@ def _log_or_kafka(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise CliError("give --log DIR, or --kafka HOST:PORT (or --source DIR|kafka://HOST:PORT)")
     if log is not None and args.engine_topic:
         raise CliError("--engine-topic is for --kafka; file logs are found under DIR/engine.outputs/")
+    if log is not None and args.topic_prefix:
+        raise CliError("--topic-prefix is for --kafka")
     return log, kafka
 
 
@@ -451,16 +531,27 @@ def _sources(args: argparse.Namespace) -> list[Any]:
     if log is not None:
         _deployment_root(log, "--log" if args.source is None else "--source")
         return file_sources(log)
+    prefix = args.topic_prefix
     topics: dict[str, str] = {}
     for item in args.engine_topic or []:
         symbol, sep, topic = item.partition("=")
         if not sep or not symbol or not topic:
             raise CliError(f"--engine-topic {item!r}: use SYMBOL=TOPIC")
-        topics[symbol] = topic
+        topics[symbol] = prefix + topic
     assert kafka is not None
     from ledger.logs.kafka import load_client_config
 
-    return kafka_sources(kafka, args.topic, topics, args.partition, client_config=load_client_config())
+    config = load_client_config()
+    if prefix and not topics:
+        from ledger.app.streams import KafkaStreams
+
+        streams = KafkaStreams(kafka, config, topic_prefix=prefix)
+        topics = {symbol: streams.output_topic(symbol) for symbol in streams.output_symbols()}
+    # With a prefix the streams keep their own names, as `ledger run --topic-prefix` keeps them.
+    stream = args.topic if prefix else None
+    return kafka_sources(
+        kafka, prefix + args.topic, topics, args.partition, client_config=config, balance_stream=stream
+    )
 
 
 @contextlib.contextmanager
@@ -567,7 +658,8 @@ def _open_commands_log(args: argparse.Namespace, stack: contextlib.ExitStack) ->
     if kafka is not None:
         from ledger.logs.kafka import KafkaLog, load_client_config
 
-        log = KafkaLog(kafka, args.commands, args.partition, client_config=load_client_config())
+        topic = args.topic_prefix + args.commands
+        log = KafkaLog(kafka, topic, args.partition, client_config=load_client_config())
         return stack.enter_context(contextlib.closing(log))
     from ledger.logs.file import FileLog
 
@@ -721,6 +813,69 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_target(args: argparse.Namespace) -> tuple[Log, str]:
+    """balance.operations of the deployment ``load`` writes to, opened for writing, and
+    how to name it."""
+    if args.kafka and args.dir:
+        raise CliError("give --dir DIR or --kafka HOST:PORT, not both")
+    if args.kafka:
+        from ledger.app.streams import KafkaStreams
+        from ledger.logs.kafka import ensure_topic, load_client_config
+
+        streams = KafkaStreams(args.kafka, load_client_config(), topic_prefix=args.topic_prefix)
+        topic = streams.topic(layout.OPERATIONS)
+        ensure_topic(streams.bootstrap, topic, client_config=streams.client_config)
+        return streams.commands(writer=True), f"kafka {streams.bootstrap} topic {topic}"
+    if not args.dir:
+        raise CliError("give --dir DIR (a file-log deployment) or --kafka HOST:PORT")
+    if args.topic_prefix:
+        raise CliError("--topic-prefix is for --kafka")
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise CliError(f"--dir {root}: no such directory (make it first)")
+    operations = layout.operations_dir(root)
+    if operations.exists() and not operations.is_dir():
+        raise CliError(f"--dir {root}: {layout.OPERATIONS} is not a directory")
+    from ledger.app.streams import FileStreams
+    from ledger.logs.file import FsyncPolicy
+
+    operations.mkdir(exist_ok=True)
+    return FileStreams(root, FsyncPolicy(args.fsync)).commands(writer=True), str(operations)
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from ledger.app.load import planned_ids, planned_workload, request_id_base_after, send_workload
+    from ledger.protocol.limits import REQUEST_ID_MAX
+
+    if args.fsync is not None and not args.dir:
+        raise CliError("--fsync is for --dir")
+    args.fsync = args.fsync or "always"
+    base_max = REQUEST_ID_MAX - planned_ids(args.orders, args.users, args.symbols)
+    if args.request_id_base is not None and args.request_id_base > base_max:
+        raise CliError(f"--request-id-base {args.request_id_base:,}: at most {base_max:,} for this workload")
+    log, where = _load_target(args)
+    try:
+        base = request_id_base_after(log) if args.request_id_base is None else args.request_id_base
+        try:
+            commands = planned_workload(args.seed, args.orders, args.users, args.symbols, request_id_base=base)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        report = send_workload(log, commands, rate_per_s=args.rate)
+    finally:
+        log.close()
+    last_id = base + planned_ids(args.orders, args.users, args.symbols)
+    if args.json:
+        body = {**msgspec.to_builtins(report), "log": where, "request_ids": [base + 1, last_id], "seed": args.seed}
+        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+    else:
+        rate = report.commands / report.seconds if report.seconds > 0 else 0.0
+        print(
+            f"load: {report.commands:,} commands sent to {where} in {report.seconds:.2f} s ({rate:,.0f} commands/s; "
+            f"offsets {report.first_offset:,}..{report.last_offset:,}, request ids {base + 1:,}..{last_id:,})"
+        )
+    return EXIT_OK
+
+
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", type=_source, help="DIR (file logs) or kafka://HOST:PORT: the same as --log or --kafka"
@@ -728,6 +883,13 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", type=_nonempty, help="a file-log directory as `ledger demo` writes it")
     parser.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster")
     parser.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the balance.events topic")
+    parser.add_argument(
+        "--topic-prefix",
+        default="",
+        help="with --kafka: a prefix on every topic named (--topic, --engine-topic, --commands), as `ledger run "
+        "--topic-prefix` has; the streams keep their names in the store, and without --engine-topic every "
+        "symbol's topic under the prefix is read",
+    )
     parser.add_argument(
         "--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)"
     )
@@ -739,10 +901,35 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay_parser(sub: Any) -> None:
-    rp = sub.add_parser("replay", help="rebuild UBSCore state from balance.events and summarize it")
-    rp.add_argument("--log", type=_nonempty, help="directory of a file log holding balance.events")
+    from ledger.app.books import DEPTH_DEFAULT, DEPTH_MAX
+
+    rp = sub.add_parser(
+        "replay", help="rebuild UBSCore state from balance.events (or a book from its engine stream) and summarize it"
+    )
+    rp.add_argument(
+        "--log",
+        type=_nonempty,
+        help="directory of a file log holding balance.events; with --engine, a deployment's directory "
+        f"(its {layout.OUTPUTS}/SYMBOL) or the engine log itself",
+    )
     rp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of a Kafka cluster holding balance.events")
-    rp.add_argument("--topic", default=layout.EVENTS, help="with --kafka: the topic")
+    rp.add_argument(
+        "--topic",
+        help=f"with --kafka: the topic (default {layout.EVENTS}; with --engine, {layout.OUTPUTS}.SYMBOL)",
+    )
+    rp.add_argument("--topic-prefix", default="", help="with --kafka: a prefix on the topic (as `ledger run` has)")
+    rp.add_argument(
+        "--engine",
+        metavar="SYMBOL",
+        type=_nonempty,
+        help="rebuild SYMBOL's order book from its engine output stream alone; print its hash and top levels",
+    )
+    rp.add_argument(
+        "--depth",
+        type=_integer(0, DEPTH_MAX),
+        default=DEPTH_DEFAULT,
+        help=f"with --engine: price levels shown per side (0..{DEPTH_MAX:,})",
+    )
     rp.add_argument("--partition", type=_integer(0), default=0, help="with --kafka: the partition (one UBSCore shard)")
     rp.add_argument("--until", type=_integer(1), help="stop after the event with this seq (in the log)")
     rp.add_argument("--snapshot", type=_nonempty, help="start from this verified snapshot file")
@@ -856,6 +1043,48 @@ def _run_parser(sub: Any) -> None:
         sp.set_defaults(run=_cmd_run)
 
 
+def _rate(text: str) -> float:
+    from ledger.app.load import LOAD_RATE_MAX
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of commands per second") from None
+    if not math.isfinite(value) or not 0 < value <= LOAD_RATE_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: commands/s must be more than 0 and at most {LOAD_RATE_MAX:,}")
+    return value
+
+
+def _load_parser(sub: Any) -> None:
+    from ledger.app.demo import SYMBOLS
+    from ledger.app.load import LOAD_COMMANDS_MAX, LOAD_USERS_MAX
+    from ledger.protocol.limits import REQUEST_ID_MAX
+
+    lp = sub.add_parser("load", help="produce a planned workload onto balance.operations (for the services)")
+    lp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of the Kafka cluster")
+    lp.add_argument("--topic-prefix", default="", help="with --kafka: the prefix on the deployment's topics")
+    lp.add_argument("--dir", type=_nonempty, help="a file-log deployment's directory (writes DIR/balance.operations)")
+    lp.add_argument(
+        "--orders",
+        type=_integer(0, LOAD_COMMANDS_MAX),
+        required=True,
+        help=f"commands after the listings and deposits (orders, cancels, ...): 0..{LOAD_COMMANDS_MAX:,}",
+    )
+    lp.add_argument("--users", type=_integer(1, LOAD_USERS_MAX), default=200, help=f"1..{LOAD_USERS_MAX:,}")
+    lp.add_argument("--symbols", type=_integer(1, len(SYMBOLS)), default=3, help=f"1..{len(SYMBOLS)}")
+    lp.add_argument("--seed", type=_integer(-(2**63), 2**63 - 1), default=1)
+    lp.add_argument("--rate", type=_rate, help="commands per second (default: as fast as the log takes them)")
+    lp.add_argument(
+        "--request-id-base",
+        type=_integer(0, REQUEST_ID_MAX),
+        help="request ids are BASE+1 onwards (default: the end offset of balance.operations, so a load onto a "
+        "deployment that only ledger load wrote to uses new ids)",
+    )
+    lp.add_argument("--fsync", choices=["always", "never"], help="with --dir: the file log's fsync policy (always)")
+    lp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    lp.set_defaults(run=_cmd_load)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = _Parser(prog="ledger", description="Event-sourced exchange ledger tools.")
@@ -864,6 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _settlement_parsers(sub)
     _run_parser(sub)
+    _load_parser(sub)
     return parser
 
 

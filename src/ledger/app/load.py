@@ -9,13 +9,28 @@ proceeds or on when a lock is released. Cancels name their order by the placing 
 such a workload (the services, the in-process exchange) end with the same balances,
 trades, order outcomes and books, up to which component refuses a cancel that meets an
 order already filled.
+
+Request ids run ``request_id_base + 1`` .. ``request_id_base + len(workload)``, one per
+command. A second workload sent onto the same deployment must start above the first's
+ids: UBSCore answers a repeated ``(user, request_id)`` as a retry (``DUPLICATE_REQUEST``
+if the command is the same, ``REQUEST_ID_CONFLICT`` if not), and an id older than the
+request window as a new request. ``request_id_base_after(log)`` gives such a base for
+workloads sent by ``send_workload`` alone: the command log's end offset, which is at
+least the number of commands in it.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
 
 from ledger.app.demo import ASSETS, SYMBOLS
+from ledger.app.producer import CommandProducer
+from ledger.logs.base import Log
 from ledger.protocol.commands import (
     CancelOrder,
     Command,
@@ -29,6 +44,7 @@ from ledger.protocol.commands import (
     TimeInForce,
     Withdraw,
 )
+from ledger.protocol.limits import REQUEST_ID_MAX
 from ledger.protocol.market import Symbol
 
 # Open orders a user's cancels choose from (the most recent ones).
@@ -36,22 +52,40 @@ CANCEL_TARGETS_PER_USER = 8
 # Sizes the planner accepts: a load for a test or a look at the pipeline, not a soak.
 LOAD_USERS_MAX = 100_000
 LOAD_COMMANDS_MAX = 10_000_000
+# Commands per append when sending as fast as possible: one producer flush (one fsync on
+# a file log) per chunk.
+LOAD_CHUNK_COMMANDS = 5_000
+# A paced send appends what falls due in this long at once, so a high rate is not one
+# append per command.
+LOAD_PACE_TICK_S = 0.02
+# The fastest pace ``send_workload`` accepts (commands/s); beyond it, send unpaced.
+LOAD_RATE_MAX = 1_000_000
 
 
-def planned_workload(seed: int, commands: int, users: int = 200, symbols: int = 3) -> list[Command]:
-    """About ``commands`` commands after the listings and deposits: limit orders of every
+def planned_ids(commands: int, users: int, symbols: int) -> int:
+    """How many request ids ``planned_workload`` uses (one per command it returns)."""
+    return len(ASSETS) + symbols + users * (1 + symbols) + commands
+
+
+def planned_workload(
+    seed: int, commands: int, users: int = 200, symbols: int = 3, request_id_base: int = 0
+) -> list[Command]:
+    """``commands`` commands after the listings and deposits: limit orders of every
     time in force, market orders, cancels by client order id, deposits and withdrawals,
     from ``users`` users over the first ``symbols`` demo symbols. Deterministic for a
-    seed."""
+    seed. Request ids are ``request_id_base + 1`` onwards, one per command."""
     if not 1 <= users <= LOAD_USERS_MAX:
         raise ValueError(f"users {users}: 1..{LOAD_USERS_MAX:,}")
     if not 0 <= commands <= LOAD_COMMANDS_MAX:
         raise ValueError(f"commands {commands}: 0..{LOAD_COMMANDS_MAX:,}")
     if not 1 <= symbols <= len(SYMBOLS):
         raise ValueError(f"symbols {symbols}: 1..{len(SYMBOLS)}")
+    ids_max = REQUEST_ID_MAX - planned_ids(commands, users, symbols)
+    if not 0 <= request_id_base <= ids_max:
+        raise ValueError(f"request id base {request_id_base}: 0..{ids_max:,} for this workload")
     rng = random.Random(seed)
     chosen = SYMBOLS[:symbols]
-    request_id = 0
+    request_id = request_id_base
 
     def next_id() -> int:
         nonlocal request_id
@@ -132,4 +166,70 @@ def planned_workload(seed: int, commands: int, users: int = 200, symbols: int = 
     return setup + deposits + plan
 
 
-__all__ = ["LOAD_COMMANDS_MAX", "LOAD_USERS_MAX", "planned_workload"]
+class LoadReport(msgspec.Struct, frozen=True):
+    """What ``send_workload`` did: commands appended, offsets of the first and last, and
+    how long it took."""
+
+    commands: int
+    first_offset: int
+    last_offset: int
+    appends: int
+    seconds: float
+
+
+def request_id_base_after(log: Log) -> int:
+    """A request id base above every id of the workloads already on ``log`` when each
+    was sent with the base this returned: the log's end offset (one command per offset,
+    offsets never below the count of records)."""
+    return log.end_offset()
+
+
+def send_workload(
+    log: Log,
+    commands: Sequence[Command],
+    rate_per_s: float | None = None,
+    chunk_commands: int = LOAD_CHUNK_COMMANDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> LoadReport:
+    """Append ``commands`` to ``log`` (balance.operations) in order through a
+    ``CommandProducer``: in chunks of ``chunk_commands`` as fast as the log takes them,
+    or paced at ``rate_per_s`` (command i is due ``i / rate_per_s`` seconds after the
+    start; what falls due within ``LOAD_PACE_TICK_S`` goes in one append)."""
+    if rate_per_s is not None and not 0 < rate_per_s <= LOAD_RATE_MAX:
+        raise ValueError(f"rate {rate_per_s}: more than 0, at most {LOAD_RATE_MAX:,} commands/s")
+    if chunk_commands < 1:
+        raise ValueError(f"chunk of {chunk_commands} commands: at least 1")
+    chunk = chunk_commands
+    if rate_per_s is not None:
+        chunk = max(1, min(chunk_commands, math.ceil(rate_per_s * LOAD_PACE_TICK_S)))
+    producer = CommandProducer(log)
+    started = clock()
+    first = last = -1
+    appends = 0
+    for start in range(0, len(commands), chunk):
+        if rate_per_s is not None:
+            wait_s = started + start / rate_per_s - clock()
+            if wait_s > 0:
+                sleep(wait_s)
+        part = commands[start : start + chunk]
+        offset = producer.send(part)
+        appends += 1
+        if first < 0:
+            first = offset
+        last = offset + len(part) - 1
+    return LoadReport(len(commands), first, last, appends, clock() - started)
+
+
+__all__ = [
+    "LOAD_CHUNK_COMMANDS",
+    "LOAD_COMMANDS_MAX",
+    "LOAD_PACE_TICK_S",
+    "LOAD_RATE_MAX",
+    "LOAD_USERS_MAX",
+    "LoadReport",
+    "planned_ids",
+    "planned_workload",
+    "request_id_base_after",
+    "send_workload",
+]
