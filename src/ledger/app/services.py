@@ -761,7 +761,12 @@ def run_services(
                 for i, service in enumerate(services):
                     c = service.counters
                     seconds = now - summary_at
-                    lags = service.lags() if opened[i] else {}
+                    try:
+                        lags = service.lags() if opened[i] else {}
+                        position = service.position() if opened[i] else -1
+                    except Exception as error:  # noqa: BLE001 (the next step reports an outage)
+                        lags, position = {"unknown": -1}, -1
+                        log.debug("%s: lags: %s", service.name, error)
                     log.info(
                         "%s: %.0f inputs/s, %.0f outputs/s, %d batches, retries %d, position %d, lag %s",
                         service.name,
@@ -769,7 +774,7 @@ def run_services(
                         (c.outputs - marks[i][1]) / seconds,
                         c.batches,
                         c.retries,
-                        service.position() if opened[i] else -1,
+                        position,
                         ", ".join(f"{k} {v}" for k, v in lags.items()) or "-",
                     )
                     marks[i] = (c.inputs, c.outputs)
