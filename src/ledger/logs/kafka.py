@@ -48,6 +48,12 @@ KAFKA_TIMEOUT_S = 30.0
 # Polls of an empty partition before a read that should have found records gives up.
 READ_EMPTY_POLLS_MAX = 50
 POLL_TIMEOUT_S = 0.2
+# A read polls in slices this long. The end of a transactional topic is a commit marker,
+# which read_committed consumers never receive: a poll for a record "before the end"
+# waits its whole timeout there. So a read that has records returns at the first empty
+# slice, and one that has none yet keeps polling slices (the position moves past a
+# marker once it is fetched) up to READ_EMPTY_POLLS_MAX * POLL_TIMEOUT_S in all.
+POLL_SLICE_S = 0.005
 # Pauses between checks that an append has become visible to read_committed readers:
 # doubling from the first (the marker usually lands within a millisecond or two) to the
 # last, so a long wait does not flood the broker with offset requests.
@@ -235,6 +241,11 @@ class KafkaLog:
         self._offsets_client: Any = None
         self._admin: Any = None
         self._consumer_position = -1
+        # No committed record lies in [_no_records_from, _consumer_position): the offsets
+        # the consumer skipped after the last record it gave (commit markers, aborted
+        # records). A read from there goes on from the position instead of assigning the
+        # partition again (which drops what was fetched and costs a fetch round trip).
+        self._no_records_from = 0
 
     # -- writing ----------------------------------------------------------------------
 
@@ -414,9 +425,10 @@ class KafkaLog:
         kafka = _kafka()
         if self._consumer is None:
             self._consumer = self._new_consumer()
-        if self._consumer_position != offset:
+        if not self._no_records_from <= offset <= self._consumer_position:
             self._consumer.assign([kafka.TopicPartition(self.topic, self.partition, offset)])
             self._consumer_position = offset
+            self._no_records_from = offset
         return self._consumer
 
     def watermarks(self) -> tuple[int, int]:
@@ -442,7 +454,6 @@ class KafkaLog:
 
     def read(self, offset: int, max_records: int = READ_RECORDS_MAX) -> ReadBatch:
         """Up to ``max_records`` committed records from ``offset``."""
-        kafka = _kafka()
         low, high = self.watermarks()
         if offset < low:
             raise LogError(f"{self.name}: records before offset {low} have been deleted; cannot read from {offset}")
@@ -451,36 +462,64 @@ class KafkaLog:
         consumer = self._consumer_for(offset)
         offsets: list[int] = []
         values: list[bytes] = []
-        empty_polls = 0
+        empty_since = 0.0
         while len(values) < max_records:
-            messages = consumer.consume(min(max_records - len(values), 10_000), POLL_TIMEOUT_S)
+            messages = consumer.consume(min(max_records - len(values), 10_000), POLL_SLICE_S)
             if not messages:
                 position = self._position(consumer)
                 if position >= high or values:
                     break
-                empty_polls += 1
-                if empty_polls >= READ_EMPTY_POLLS_MAX:
+                now = time.monotonic()
+                if not empty_since:
+                    empty_since = now
+                elif now - empty_since >= READ_EMPTY_POLLS_MAX * POLL_TIMEOUT_S:
                     raise LogError(
                         f"{self.name}: no records from offset {offset} (end {high}) after "
-                        f"{empty_polls * POLL_TIMEOUT_S:.0f} s: an open transaction or a broker problem"
+                        f"{now - empty_since:.0f} s: an open transaction or a broker problem"
                     )
                 continue
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == kafka.KafkaError._PARTITION_EOF:
-                        continue
-                    raise LogError(f"{self.name} offset {message.offset()}: {error}")
-                offsets.append(message.offset())
-                # A null value (a tombstone) is no record of ours: an empty one, which
-                # every reader refuses as malformed, naming its offset.
-                values.append(message.value() or b"")
+            self._take(messages, offsets, values)
             if self._position(consumer) >= high:
                 break
+        return self._batch(consumer, offsets, values)
+
+    def poll(self, offset: int, max_records: int = READ_RECORDS_MAX) -> ReadBatch:
+        """Up to ``max_records`` committed records from ``offset`` that the consumer has
+        already fetched: no wait and no request for the end (a follower's read, called
+        again and again). An empty batch may still move ``next_offset`` on, past commit
+        markers."""
+        if max_records <= 0:
+            return ReadBatch([], [], offset)
+        consumer = self._consumer_for(offset)
+        offsets: list[int] = []
+        values: list[bytes] = []
+        while len(values) < max_records:
+            messages = consumer.consume(min(max_records - len(values), 10_000), 0)
+            if not messages:
+                break
+            self._take(messages, offsets, values)
+        return self._batch(consumer, offsets, values)
+
+    def _take(self, messages: list[Any], offsets: list[int], values: list[bytes]) -> None:
+        kafka = _kafka()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == kafka.KafkaError._PARTITION_EOF:
+                    continue
+                raise LogError(f"{self.name} offset {message.offset()}: {error}")
+            offsets.append(message.offset())
+            # A null value (a tombstone) is no record of ours: an empty one, which
+            # every reader refuses as malformed, naming its offset.
+            values.append(message.value() or b"")
+
+    def _batch(self, consumer: Any, offsets: list[int], values: list[bytes]) -> ReadBatch:
         next_offset = self._position(consumer)
         if offsets and next_offset <= offsets[-1]:
             next_offset = offsets[-1] + 1
         self._consumer_position = next_offset
+        if offsets:
+            self._no_records_from = offsets[-1] + 1
         return ReadBatch(offsets, values, next_offset)
 
     def _position(self, consumer: Any) -> int:
@@ -499,6 +538,7 @@ class KafkaLog:
         finally:
             self._consumer = None
             self._consumer_position = -1
+            self._no_records_from = 0
             self._admin = None
             if self._offsets_client is not None:
                 self._offsets_client.close()
