@@ -246,6 +246,8 @@ class KafkaLog:
         # records). A read from there goes on from the position instead of assigning the
         # partition again (which drops what was fetched and costs a fetch round trip).
         self._no_records_from = 0
+        # Whether the consumer has given a record since it was last assigned.
+        self._delivered = False
 
     # -- writing ----------------------------------------------------------------------
 
@@ -429,6 +431,7 @@ class KafkaLog:
             self._consumer.assign([kafka.TopicPartition(self.topic, self.partition, offset)])
             self._consumer_position = offset
             self._no_records_from = offset
+            self._delivered = False
         return self._consumer
 
     def watermarks(self) -> tuple[int, int]:
@@ -487,10 +490,13 @@ class KafkaLog:
         """Up to ``max_records`` committed records from ``offset`` that the consumer has
         already fetched: no wait and no request for the end (a follower's read, called
         again and again). An empty batch may still move ``next_offset`` on, past commit
-        markers."""
+        markers. Until a consumer (re)assigned has given a record, this is a ``read``:
+        polls that do not wait were seen to get nothing from one for seconds."""
         if max_records <= 0:
             return ReadBatch([], [], offset)
         consumer = self._consumer_for(offset)
+        if not self._delivered:
+            return self.read(offset, max_records)
         offsets: list[int] = []
         values: list[bytes] = []
         while len(values) < max_records:
@@ -508,6 +514,7 @@ class KafkaLog:
                 if error.code() == kafka.KafkaError._PARTITION_EOF:
                     continue
                 raise LogError(f"{self.name} offset {message.offset()}: {error}")
+            self._delivered = True
             offsets.append(message.offset())
             # A null value (a tombstone) is no record of ours: an empty one, which
             # every reader refuses as malformed, naming its offset.
@@ -539,6 +546,7 @@ class KafkaLog:
             self._consumer = None
             self._consumer_position = -1
             self._no_records_from = 0
+            self._delivered = False
             self._admin = None
             if self._offsets_client is not None:
                 self._offsets_client.close()
