@@ -201,7 +201,12 @@ def pipeline(tmp_path: Path, kafka_bootstrap: str, cassandra_session: Any) -> An
     made = Pipeline(tmp_path)
     yield made
     made.drop()
-    cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {made.keyspace}")
+    for _attempt in range(30):  # after a drill the server may be back before the session is
+        try:
+            cassandra_session.execute(f"DROP KEYSPACE IF EXISTS {made.keyspace}", timeout=30)
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(2)
 
 
 def assert_same_as_in_process(got: dict[str, Any]) -> None:
@@ -255,7 +260,8 @@ def test_two_engines_hosting_the_same_symbol_fence_never_fork(pipeline: Pipeline
     commands = list(workload())[:6_000]
     pipeline.send(commands[:3_000])
     pipeline.start("ubscore")
-    first = pipeline.start("engine", "--symbol", "BTC-USDT", name="engine-a")
+    # The first stays up long enough to meet the second's claim on its next commit.
+    first = pipeline.start("engine", "--symbol", "BTC-USDT", "--idle-exit-s", "40", name="engine-a")
     deadline = time.monotonic() + KILL_WAIT_S_MAX
     while time.monotonic() < deadline:
         if "BTC-USDT" in pipeline.streams.output_symbols():

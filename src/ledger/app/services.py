@@ -677,6 +677,8 @@ def is_retriable(error: BaseException) -> bool:
         # A broker that cannot be reached; a file log's other errors are damage or
         # permissions, which waiting does not mend.
         return str(error).startswith("kafka") and not isinstance(error, KafkaConfigError)
+    if type(error).__module__.startswith("cassandra"):
+        return True  # the CQL driver's own (NoHostAvailable, timeouts): the database is away
     if type(error).__name__ == "KafkaException" and error.args:
         # A client call the log did not wrap: an outage unless the client says it is fatal.
         inner = error.args[0]
