@@ -121,9 +121,8 @@ class Pipeline:
         went idle while another was down (killed) may have inputs left."""
         for _ in range(rounds_max):
             before = self.ends()
-            for name in ("ubscore", "engine", "project"):
-                self.start(name)
-            codes = self.wait_all()
+            started = {name: self.start(name) for name in ("ubscore", "engine", "project")}
+            codes = {name: process.wait(timeout=RUN_S_MAX) for name, process in started.items()}
             assert set(codes.values()) == {0}, codes
             if self.ends() == before:
                 return
@@ -256,40 +255,45 @@ def test_every_service_killed_three_times_at_random_points_ends_the_same(pipelin
     pipeline.audit()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="racy: the first engine may go idle and exit 0 before its next commit meets the second's claim",
-)
 def test_two_engines_hosting_the_same_symbol_fence_never_fork(pipeline: Pipeline) -> None:
+    """Every step waits for the state it needs, never for a time: UBSCore runs until it is
+    stopped, the second engine has claimed the stream before more commands come, and the
+    first meets that claim on its next commit, since those commands trade its symbol."""
     commands = list(workload())[:6_000]
     pipeline.send(commands[:3_000])
-    pipeline.start("ubscore")
-    # The first stays up long enough to meet the second's claim on its next commit.
-    first = pipeline.start("engine", "--symbol", "BTC-USDT", "--idle-exit-s", "40", name="engine-a")
+    ubscore = pipeline.start("ubscore", "--idle-exit-s", "0")
+    first = pipeline.start("engine", "--symbol", "BTC-USDT", "--idle-exit-s", "0", name="engine-a")
     deadline = time.monotonic() + KILL_WAIT_S_MAX
-    while time.monotonic() < deadline:
-        if "BTC-USDT" in pipeline.streams.output_symbols():
-            log = pipeline.streams.outputs("BTC-USDT")
-            try:
-                if log.end_offset() > 10:
-                    break
-            finally:
-                log.close()
+    while not _output_end_over(pipeline, "BTC-USDT", 10):
+        assert time.monotonic() < deadline and first.poll() is None, pipeline.output("engine-a")
         time.sleep(0.05)
-    pipeline.start("engine", "--symbol", "BTC-USDT", name="engine-b")
-    time.sleep(3)  # the second has claimed the stream
+    second = pipeline.start("engine", "--symbol", "BTC-USDT", name="engine-b")
+    while "engine: hosting BTC-USDT" not in pipeline.output("engine-b"):  # logged once it has claimed
+        assert time.monotonic() < deadline and second.poll() is None, pipeline.output("engine-b")
+        time.sleep(0.05)
     pipeline.send(commands[3_000:])
-    pipeline.start("engine", "--symbol", "ETH-USDT", "--symbol", "SOL-USDT", name="engine-c")
-    codes = pipeline.wait_all()
-    assert codes["engine-b"] == 0 and codes["ubscore"] == 0
-    assert first.returncode == 2 and "fenced" in pipeline.output("engine-a"), pipeline.output("engine-a")
-    pipeline.drain()  # a service that went idle while another still had work: run them again
+    assert first.wait(timeout=RUN_S_MAX) == 2, pipeline.output("engine-a")
+    assert "fenced" in pipeline.output("engine-a"), pipeline.output("engine-a")
+    ubscore.send_signal(signal.SIGTERM)  # it finishes its batch; the drain answers the rest
+    assert ubscore.wait(timeout=RUN_S_MAX) == 0, pipeline.output("ubscore")
+    assert second.wait(timeout=RUN_S_MAX) == 0, pipeline.output("engine-b")
+    pipeline.drain()  # every service again, all symbols, until no stream moves
     # One stream, not two: it rebuilds (contiguous seqs) and the whole run audits.
     got = pipeline.outcome()
     assert got["conservation"] == []
     want = exchange_outcome(commands)
     for key in ("balances", "trades", "books"):
         assert got[key] == want[key], key
+
+
+def _output_end_over(pipeline: Pipeline, symbol: str, end: int) -> bool:
+    if symbol not in pipeline.streams.output_symbols():
+        return False
+    log = pipeline.streams.outputs(symbol)
+    try:
+        return log.end_offset() > end
+    finally:
+        log.close()
 
 
 def test_a_foreign_record_on_balance_events_stops_ubscore_naming_it(pipeline: Pipeline) -> None:
