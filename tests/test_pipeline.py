@@ -302,14 +302,16 @@ def test_a_foreign_record_on_balance_events_stops_ubscore_naming_it(pipeline: Pi
     from ledger.logs.kafka import KafkaLog
 
     commands = list(workload())
-    pipeline.send(commands)
-    ubscore = pipeline.start("ubscore")
+    pipeline.send(commands[:10_000])
+    # It waits for more work (rather than exiting idle) until the test has sent it all.
+    ubscore = pipeline.start("ubscore", "--idle-exit-s", "30")
     deadline = time.monotonic() + KILL_WAIT_S_MAX
     while pipeline.events_end() < 2_000 and time.monotonic() < deadline:
         time.sleep(0.01)
     intruder = KafkaLog(KAFKA_BOOTSTRAP, pipeline.prefix + layout.EVENTS)
     intruder.append([b"not UBSCore's"])
     intruder.close()
+    pipeline.send(commands[10_000:])  # so an append follows the intruder's record
     code = ubscore.wait(timeout=RUN_S_MAX)
     text = pipeline.output("ubscore")
     assert code == 1 and "another writer" in text, text

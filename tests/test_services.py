@@ -280,3 +280,111 @@ def test_the_metrics_count_what_the_services_did() -> None:
     assert f'ledger_batch_seconds_count{{service="ubscore"}} {float(ubscore.counters.batches)}' in text
     assert 'ledger_input_lag{input="commands",service="ubscore"}' in text
     assert ubscore.counters.inputs > 500 and written > 100  # the run did something to count
+
+
+# -- UBSCore's snapshots ----------------------------------------------------------------
+
+
+def test_restarts_from_snapshots_end_as_the_whole_log_and_start_from_the_newest(tmp_path, caplog) -> None:
+    """Crashes at random batches with a snapshot directory: each restart starts from the
+    newest snapshot (only the tail replayed), and the run ends as the in-process exchange."""
+    import logging
+
+    from ledger.app.snapshots import SnapshotDir
+
+    commands = planned_workload(seed=8, commands=2_500, users=40, symbols=2)
+    streams = MemoryStreams()
+    send(streams, commands)
+    snapshots = SnapshotDir(tmp_path / "snapshots", kept=2)
+    rng = random.Random(4)
+    resumed_from = []
+    caplog.set_level(logging.INFO, logger="ledger.services")
+    for _round in range(10):
+        ubscore = UBSCoreService(streams, rng.randint(1, 90), 0, snapshots=snapshots, snapshot_every=300)
+        engine = EngineService(streams, None, rng.randint(1, 90))
+        ubscore.open()
+        assert ubscore.core is not None
+        newest = snapshots.files()[0].name if snapshots.files() else None
+        if newest is not None:
+            resumed_from.append(newest)
+            assert ubscore.core.state.seq - ubscore._saved_seq < 300 + 2 * 90 * 4  # only a tail replayed
+        assert ubscore.core.state_hash() == replay(streams.events()).state_hash()
+        engine.open()
+        for _ in range(rng.randint(3, 15)):
+            ubscore.step()
+            engine.step()
+        ubscore.close()
+        engine.close()
+    run_quiet([UBSCoreService(streams, 200, 0, snapshots=snapshots, snapshot_every=300), EngineService(streams)])
+    assert len(resumed_from) >= 5 and len(snapshots.files()) == 2  # older ones removed
+    assert sum("state from ubscore-" in r.getMessage() for r in caplog.records) >= 5
+    got, expected = streams_outcome(streams), exchange_outcome(commands)
+    for key in ("balances", "trades", "ends", "filled", "books", "answers", "open"):
+        assert got[key] == expected[key], key
+
+
+def _snapshotted(tmp_path: Any) -> tuple[MemoryStreams, Any]:
+    from ledger.app.snapshots import SnapshotDir
+
+    streams = MemoryStreams()
+    send(streams, planned_workload(seed=6, commands=1_200, users=20, symbols=2))
+    snapshots = SnapshotDir(tmp_path / "snapshots", kept=5)
+    run_quiet([UBSCoreService(streams, 100, 0, snapshots=snapshots, snapshot_every=250), EngineService(streams)])
+    assert len(snapshots.files()) >= 3
+    return streams, snapshots
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped state", "another stream", "ahead of the log"])
+def test_a_snapshot_the_log_does_not_confirm_is_passed_over_naming_why(tmp_path, caplog, damage: str) -> None:
+    import logging
+
+    import msgspec
+
+    streams, snapshots = _snapshotted(tmp_path)
+    newest, older = snapshots.files()[0], snapshots.files()[1]
+    body = newest.read_bytes()
+    if damage == "truncated":
+        newest.write_bytes(body[: len(body) // 2])
+        why = "not a UBSCore service snapshot"
+    elif damage == "flipped state":
+        doc = msgspec.json.decode(body)
+        doc["snapshot"]["state"]["last_input_offset"] += 1  # the file parses; its hash no longer holds
+        newest.write_bytes(msgspec.json.encode(doc))
+        why = "does not match its recorded hash"
+    elif damage == "another stream":
+        doc = msgspec.json.decode(body)
+        doc["record_digest"] = "0" * 64
+        newest.write_bytes(msgspec.json.encode(doc))
+        why = "not the record it was taken after"
+    else:
+        doc = msgspec.json.decode(body)
+        seq = replay(streams.events()).state.seq + 10
+        doc["seq"] = seq
+        newest.unlink()
+        newest = newest.with_name(f"ubscore-{seq:020d}.snapshot")
+        newest.write_bytes(msgspec.json.encode(doc))
+        why = "beyond the end of"
+    caplog.set_level(logging.INFO, logger="ledger.services")
+    service = UBSCoreService(streams, 100, 0, snapshots=snapshots)
+    service.open()
+    assert service.core is not None
+    assert service.core.state_hash() == replay(streams.events()).state_hash()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(why in m and newest.name in m for m in messages if "passed over" in m), messages
+    assert any(f"state from {older.name}" in m for m in messages), messages
+    service.close()
+
+
+def test_with_every_snapshot_passed_over_the_whole_log_is_replayed(tmp_path, caplog) -> None:
+    import logging
+
+    streams, snapshots = _snapshotted(tmp_path)
+    for path in snapshots.files():
+        path.write_bytes(b"{}")
+    caplog.set_level(logging.INFO, logger="ledger.services")
+    service = UBSCoreService(streams, 100, 0, snapshots=snapshots)
+    service.open()
+    assert service.core is not None and service.core.state_hash() == replay(streams.events()).state_hash()
+    assert sum("passed over" in r.getMessage() for r in caplog.records) == len(snapshots.files())
+    assert not any("state from" in r.getMessage() for r in caplog.records)
+    service.close()

@@ -52,17 +52,19 @@ def replay(
     until: int | None = None,
     progress: bool | None = False,
     observe: Callable[[BalanceEvent], object] | None = None,
+    start_offset: int | None = None,
 ) -> UBSCore:
     """Apply the events of ``log`` to ``reducer`` (default: a new UBSCore) and return it.
 
     With ``snapshot``, start from the verified snapshot state and apply only the events
-    after its seq. With ``until``, stop after the event with that seq. ``progress``
+    after its seq; ``start_offset``, if known, is an offset at or before the first of
+    them (default: the snapshot's seq, which never lies past it). With ``until``, stop after the event with that seq. ``progress``
     draws a progress line on stderr (None: only if stderr is a terminal). ``observe``,
     if given, is called with each event right after it is applied, so other reducers of
     balance.events (the engines ``ledger.app.exchange.verify`` re-runs) share this one
     read and decode of the log; an exception it raises stops the replay.
     """
-    core, _count = _replay(log, reducer, snapshot, until, progress, observe)
+    core, _count = _replay(log, reducer, snapshot, until, progress, observe, start_offset)
     return core
 
 
@@ -73,6 +75,7 @@ def _replay(
     until: int | None,
     progress: bool | None,
     observe: Callable[[BalanceEvent], object] | None = None,
+    start_offset: int | None = None,
 ) -> tuple[UBSCore, int]:
     if snapshot is not None:
         core = UBSCore.from_snapshot(snapshot)
@@ -81,7 +84,7 @@ def _replay(
     start_seq = core.state.seq
     # Offsets never run behind seqs (holes only push them ahead), so the event with
     # seq k + 1 is at offset k or later: start there and skip what is already applied.
-    start_offset = min(start_seq, log.end_offset())
+    start_offset = min(start_seq if start_offset is None else start_offset, log.end_offset())
     bar = Progress(f"replay {log.name}", max(log.end_offset() - start_offset, 0), enabled=progress)
     decode_or_wide = EVENTS.decode_or_wide
     decode_wide = EVENTS.decode_wide

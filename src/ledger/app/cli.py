@@ -776,7 +776,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     batch = {"batch_inputs": args.batch, "batch_wait_ms": args.batch_wait_ms}
     chosen: list[Any] = []
     if args.service in ("ubscore", "all"):
-        chosen.append(svc.UBSCoreService(streams, **batch))
+        snapshots = None
+        if args.snapshot_dir:
+            from ledger.app.snapshots import SnapshotDir
+
+            where = Path(args.snapshot_dir)
+            if where.exists() and not where.is_dir():
+                raise CliError(f"--snapshot-dir {where}: not a directory")
+            snapshots = SnapshotDir(where)
+        chosen.append(svc.UBSCoreService(streams, **batch, snapshots=snapshots, snapshot_every=args.snapshot_every))
     if args.service in ("engine", "all"):
         chosen.append(svc.EngineService(streams, args.symbol or None, **batch))
     if args.service in ("project", "all"):
@@ -996,6 +1004,7 @@ def _settlement_parsers(sub: Any) -> None:
 
 def _run_parser(sub: Any) -> None:
     from ledger.app.services import BATCH_WAIT_MS_DEFAULT, OUTAGE_S_MAX_DEFAULT, SUMMARY_EVERY_S_DEFAULT
+    from ledger.app.snapshots import SNAPSHOT_EVERY_EVENTS_DEFAULT
 
     run = sub.add_parser("run", help="run a service of the exchange (one per process, or all in one)")
     services = run.add_subparsers(dest="service", required=True)
@@ -1035,6 +1044,16 @@ def _run_parser(sub: Any) -> None:
         )
         sp.add_argument("--metrics-port", type=_integer(1, 65535), help="serve Prometheus metrics on this port")
         sp.add_argument("--metrics-address", default="127.0.0.1", help="the metrics' address (default 127.0.0.1)")
+        if name in ("ubscore", "all"):
+            sp.add_argument(
+                "--snapshot-dir", type=_nonempty, help="keep UBSCore snapshots here and start from the newest"
+            )
+            sp.add_argument(
+                "--snapshot-every",
+                type=_integer(1),
+                default=SNAPSHOT_EVERY_EVENTS_DEFAULT,
+                help=f"with --snapshot-dir: events between snapshots (default {SNAPSHOT_EVERY_EVENTS_DEFAULT:,})",
+            )
         if name in ("engine", "all"):
             sp.add_argument("--symbol", action="append", help="host this symbol (repeat; default: every symbol)")
         if name in ("project", "all"):

@@ -24,6 +24,9 @@ Exactly once in effect, after any crash, for every service:
 * Every command of balance.operations is answered once, in order: UBSCore refuses to
   resume where its last answers do not match the commands log (an answer at an offset
   holding no command, or a command skipped between two answers).
+* Given a snapshot directory (``ledger.app.snapshots``), UBSCore writes a snapshot every
+  ``snapshot_every`` events and starts from the newest one the log confirms, replaying
+  only the tail; the positions it resumes from are part of the snapshot's state.
 
 A broker or database that cannot be reached is retried with a doubling pause
 (``RETRY_PAUSE_MS_FIRST`` .. ``RETRY_PAUSE_MS_MAX``), each retry logged; a retry
@@ -43,6 +46,7 @@ from typing import Any
 
 import msgspec
 
+from ledger.app.snapshots import SNAPSHOT_EVERY_EVENTS_DEFAULT, SavedSnapshot, SnapshotDir, record_digest
 from ledger.app.streams import Streams, seek_seq
 from ledger.logs.base import CorruptRecordError, Log, LogError, LogMissingError, WriterFencedError, scan
 from ledger.protocol.codec import COMMANDS, EVENTS, OUTPUTS, DecodeError
@@ -51,7 +55,7 @@ from ledger.protocol.outputs import EngineOutput
 from ledger.protocol.reasons import Reason
 from ledger.rebuild import replay
 from ledger.ubscore import LedgerError, SequenceError, UBSCore
-from ledger.ubscore.state import command_user, fingerprint
+from ledger.ubscore.state import SnapshotError, command_user, fingerprint
 from matching.engine import EngineError, MatchingEngine
 
 log = logging.getLogger("ledger.services")
@@ -265,23 +269,29 @@ class UBSCoreService:
         streams: Streams,
         batch_inputs: int = BATCH_INPUTS_DEFAULT,
         batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT,
-        snapshot: Callable[[], bytes | None] | None = None,
+        snapshots: SnapshotDir | None = None,
+        snapshot_every: int = SNAPSHOT_EVERY_EVENTS_DEFAULT,
     ) -> None:
         if batch_inputs < 1:
             raise ValueError(f"batch_inputs {batch_inputs} must be at least 1")
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every {snapshot_every} must be at least 1")
         self.streams = streams
         self.batch_inputs = batch_inputs
         self.batch_wait_ms = batch_wait_ms
-        self.load_snapshot = snapshot
+        self.snapshots = snapshots
+        self.snapshot_every = snapshot_every
         self.counters = Counters()
         self.core: UBSCore | None = None
         self._events: Log | None = None
         self._commands: _Input | None = None
         self._outputs: dict[str, _Input] = {}
         self._end = 0
+        self._saved_seq = 0
 
     def open(self) -> None:
-        """Rebuild the state from balance.events and place every input."""
+        """Rebuild the state from balance.events (from the newest snapshot it confirms,
+        if given a snapshot directory) and place every input."""
         streams = self.streams
         events = self._events = streams.events(writer=True)
         claim = getattr(events, "producer", None)
@@ -291,8 +301,7 @@ class UBSCoreService:
             # read_committed read of the topic (and so this replay).
             claim()
         wait_stable(streams, events)
-        snapshot = self.load_snapshot() if self.load_snapshot is not None else None
-        core = self.core = replay(events, snapshot=snapshot)
+        core = self.core = self._restore(events)
         self._end = events.end_offset()
         streams.create_inputs()  # after the replay: a log that fails it is left as it was
         commands = streams.commands()
@@ -307,6 +316,64 @@ class UBSCoreService:
             self._commands.next_offset,
             len(self._outputs),
         )
+
+    def _restore(self, events: Log) -> UBSCore:
+        """The newest snapshot the log confirms, with the tail after it; else the whole
+        log. A snapshot passed over is logged with why."""
+        if self.snapshots is not None:
+            for path in self.snapshots.files():
+                started = time.perf_counter()
+                try:
+                    saved = self.snapshots.read(path)
+                    offset = self._locate(events, saved)
+                    core = replay(events, snapshot=saved.snapshot, start_offset=offset + 1)
+                except SnapshotError as error:
+                    log.warning("ubscore: snapshot %s passed over, the log is the truth: %s", path.name, error)
+                    continue
+                log.info(
+                    "ubscore: state from %s (seq %d), then %d events of the tail, in %.2f s",
+                    path.name,
+                    saved.seq,
+                    core.state.seq - saved.seq,
+                    time.perf_counter() - started,
+                )
+                self._saved_seq = saved.seq
+                return core
+        self._saved_seq = 0
+        return replay(events)
+
+    @staticmethod
+    def _locate(events: Log, saved: SavedSnapshot) -> int:
+        """The offset of the record the snapshot was taken after, checked by digest."""
+        offset = seek_seq(events, saved.seq, _seq_of_event)
+        batch = events.read(offset, 1)
+        if not batch.values:
+            raise SnapshotError(f"seq {saved.seq} is beyond the end of {events.name}")
+        where = f"{events.name} offset {batch.offsets[0]}"
+        found = _seq_of_event(bytes(batch.values[0]), where)
+        if found != saved.seq:
+            raise SnapshotError(f"{events.name} holds no seq {saved.seq} ({where} has seq {found})")
+        if record_digest(bytes(batch.values[0])) != saved.record_digest:
+            raise SnapshotError(
+                f"{where} (seq {saved.seq}) is not the record it was taken after: "
+                "a snapshot of another stream"
+            )
+        return batch.offsets[0]
+
+    def _save_snapshot(self, last_record: bytes) -> None:
+        """Write a snapshot of the state (just appended, so the log holds it). A failure
+        is logged and does not stop the service: the log is the truth."""
+        core, snapshots, events = self.core, self.snapshots, self._events
+        assert core is not None and snapshots is not None and events is not None
+        seq = core.state.seq
+        self._saved_seq = seq  # the next try comes after another interval, not every batch
+        started = time.perf_counter()
+        try:
+            path = snapshots.save(events.name, core.snapshot(), seq, last_record)
+        except OSError as error:
+            log.warning("ubscore: snapshot at seq %d not written: %s", seq, error.strerror or error)
+            return
+        log.info("ubscore: snapshot %s written in %.2f s", path.name, time.perf_counter() - started)
 
     def _follow(self, symbol: str) -> None:
         assert self.core is not None
@@ -395,13 +462,16 @@ class UBSCoreService:
         for symbol in listed:
             # Every reader that learns of the symbol must find its stream.
             self.streams.create_outputs(symbol)
-        self._end = append_checked(self.streams, events, [EVENTS.encode(e) for e in produced], self._end)
+        records = [EVENTS.encode(e) for e in produced]
+        self._end = append_checked(self.streams, events, records, self._end)
         for item in inputs:
             if item.pending:
                 item.next_offset = item.pending[-1][0] + 1
                 item.pending = []
         for symbol in listed:
             self._follow(symbol)
+        if self.snapshots is not None and records and core.state.seq - self._saved_seq >= self.snapshot_every:
+            self._save_snapshot(records[-1])
         counters = self.counters
         counters.inputs += total
         counters.outputs += len(produced)
