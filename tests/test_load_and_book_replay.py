@@ -257,3 +257,27 @@ def test_load_on_a_missing_dir_creates_nothing(tmp_path: Path) -> None:
     done = _cli("load", "--dir", str(tmp_path / "nope"), "--orders", "10")
     assert done.returncode == EXIT_USAGE and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "nope").exists()
+
+
+def test_run_with_a_snapshot_dir_restarts_from_the_newest_snapshot(tmp_path: Path) -> None:
+    """``ledger run ubscore --snapshot-dir``: snapshots are written as the events grow, a
+    second run starts from the newest and says so, and the log still verifies."""
+    snapshots = tmp_path / "snapshots"
+    run_ubscore = ("run", "ubscore", "--dir", str(tmp_path), "--fsync", "never", "--idle-exit-s", "1",
+                   "--log-every-s", "0", "--batch", "100", "--snapshot-dir", str(snapshots), "--snapshot-every", "400")
+    for seed in ("1", "2"):
+        done = _cli("load", "--dir", str(tmp_path), "--orders", "600", "--users", "30", "--seed", seed,
+                    "--fsync", "never")
+        assert done.returncode == 0, done.stderr
+        run = _cli(*run_ubscore)
+        assert run.returncode == 0, run.stderr
+    assert "written" in run.stderr and "state from ubscore-" in run.stderr, run.stderr
+    files = sorted(p.name for p in snapshots.iterdir())
+    assert 1 <= len(files) <= 3 and all(name.endswith(".snapshot") for name in files), files
+    replayed = _cli("replay", "--log", str(layout.events_dir(tmp_path)), "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    (snapshots / files[-1]).write_bytes(b"not json")  # damaged: passed over, not fatal
+    again = _cli(*run_ubscore)
+    assert again.returncode == 0 and "passed over" in again.stderr, again.stderr
+    bad = _cli("run", "ubscore", "--dir", str(tmp_path), "--snapshot-dir", str(snapshots / files[0]))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr, bad.stderr
