@@ -98,3 +98,48 @@ def test_a_broker_that_stays_down_is_a_clear_error_after_a_bounded_wait() -> Non
         log.end_offset()
     assert time.monotonic() - started < KAFKA_TIMEOUT_S + 15
     log.close()
+
+
+def test_an_append_knows_where_the_broker_placed_each_record(kafka_log_factory) -> None:
+    log = kafka_log_factory(transactional=True)
+    log.append([b"a", b"b"])
+    assert log.last_append is not None
+    assert log.last_append.offsets == (0, 1) and log.last_append.end == 3 and log.last_append.markers == 1
+    assert log.last_append.foreign_offset(0) is None
+    log.close()
+
+
+def test_a_record_of_another_writer_inside_a_batch_is_named_after_the_commit(kafka_log_factory) -> None:
+    """The foreign record lands after the end check and before the commit (a hook makes
+    that moment certain): the delivery reports show the batch displaced, and the service
+    stops naming the offset instead of taking the new end as its own."""
+    from ledger.app.services import append_checked
+    from ledger.app.streams import KafkaStreams
+    from ledger.logs.kafka import KafkaLog
+    from ledger.ubscore import SequenceError
+
+    log = kafka_log_factory(transactional=True)
+    log.append([b"mine 1"])
+    end = log.end_offset()
+    intruder = KafkaLog(log.bootstrap, log.topic)
+    real_append = log.append
+
+    def append_after_an_intruder(records):
+        intruder.append([b"not mine"])
+        return real_append(records)
+
+    log.append = append_after_an_intruder
+    with pytest.raises(SequenceError, match=rf"another writer at offset {end}, inside this service's batch"):
+        append_checked(KafkaStreams(log.bootstrap), log, [b"mine 2", b"mine 3"], end)
+    intruder.close()
+    log.close()
+
+
+def test_the_placement_check_finds_every_kind_of_foreign_offset() -> None:
+    from ledger.logs.kafka import AppendPlacement
+
+    assert AppendPlacement((5, 6, 7), 9, 1).foreign_offset(5) is None  # the batch, then its marker
+    assert AppendPlacement((5, 6, 7), 8, 0).foreign_offset(5) is None  # no transaction: no marker
+    assert AppendPlacement((6, 7, 8), 10, 1).foreign_offset(5) == 5  # before the batch
+    assert AppendPlacement((5, 7, 8), 10, 1).foreign_offset(5) == 6  # inside it
+    assert AppendPlacement((5, 6, 7), 10, 1).foreign_offset(5) == 8  # after it (before or after the marker)

@@ -245,6 +245,15 @@ class Projector:
         except DecodeError:
             return False
 
+    def listed_symbols(self) -> set[str]:
+        """The symbols whose ``SymbolListed`` the balance stream has folded so far (from
+        its saved state on, or from the start): the engine streams there are to follow."""
+        found: set[str] = set()
+        for stream in self.streams:
+            if stream.source.kind == BALANCE:
+                found.update(stream.projection.assets_of)
+        return found
+
     def discover_streams(self) -> None:
         """Ask ``discover`` for streams not projected yet (a symbol listed meanwhile) and
         take them in; ``run(follow=True)`` does it by itself when idle."""

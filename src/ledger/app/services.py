@@ -127,7 +127,7 @@ def append_checked(streams: Streams, output: Log, records: list[bytes], expected
     """Append ``records`` as one batch to ``output``, which this service alone writes and
     left at ``expected_end``; return the new end. Refuses to append while someone else's
     records or open transaction are there, and after the append checks that exactly
-    this batch lies between the old end and the new one."""
+    this batch (and its commit marker) lies between the old end and the new one."""
     end = wait_stable(streams, output)
     if end != expected_end:
         raise SequenceError(
@@ -135,20 +135,21 @@ def append_checked(streams: Streams, output: Log, records: list[bytes], expected
             "another writer; stopping rather than forking the stream"
         )
     output.append(records)
-    new_end = output.end_offset()
-    if getattr(output, "transactional_id", None):
-        # Kafka: a plain producer's record can land between the end check and the commit.
-        found: list[tuple[int, bytes]] = []
-        for batch in scan(output, end, new_end):
-            found.extend(zip(batch.offsets, batch.values, strict=True))
-        for i, (offset, value) in enumerate(found):
-            if i >= len(records) or bytes(value) != records[i]:
-                raise SequenceError(
-                    f"{output.name}: a record of another writer at offset {offset}, inside this service's batch "
-                    f"(offsets {end}..{new_end - 1}); stopping rather than forking the stream"
-                )
-        if len(found) != len(records):
-            raise SequenceError(f"{output.name}: {len(records)} records appended, {len(found)} read back")
+    placed = getattr(output, "last_append", None)
+    if placed is None:
+        return output.end_offset()  # a file log: its lock keeps every other writer out
+    # Kafka: a plain producer's record can land between the end check and the commit.
+    # The delivery reports give each record's offset; with the end seen after the
+    # commit they show whether this batch alone lies between the old end and the new.
+    foreign = placed.foreign_offset(end)
+    if foreign is not None:
+        inside = foreign < end + len(records)
+        raise SequenceError(
+            f"{output.name}: a record of another writer at offset {foreign}{'' if inside else ' or after'}, "
+            f"{'inside' if inside else 'next to'} this service's batch (offsets {end}..{placed.offsets[-1]}, "
+            f"end now {placed.end}); stopping rather than forking the stream"
+        )
+    new_end = placed.end
     return new_end
 
 
@@ -617,14 +618,11 @@ class EngineService:
 
 # -- the projector ----------------------------------------------------------------------
 
-# A following projector looks for streams of newly listed symbols this often.
-DISCOVER_EVERY_S = 1.0
-
-
 class ProjectService:
-    """The settlement projector following balance.events and every symbol's output
-    stream (symbols listed while it runs included) into a store. ``store`` makes a
-    store (called again after an outage: a new projector resumes from the store's
+    """The settlement projector following balance.events and the output stream of every
+    symbol listed there into a store: a symbol is followed once its ``SymbolListed`` is
+    projected (so one listed while it runs is picked up), never because a stream of its
+    name exists. ``store`` makes a store (called again after an outage: a new projector resumes from the store's
     checkpoints)."""
 
     name = "project"
@@ -636,20 +634,24 @@ class ProjectService:
         self.counters = Counters()
         self._projector: Any = None
         self._store: Any = None
-        self._discovered_at = 0.0
+        self._listed = 0
         self._written = 0
 
     def _sources(self, known: set[str]) -> list[Any]:
+        """The streams to project that are not in ``known``: balance.events, and the
+        output stream of every symbol whose ``SymbolListed`` it has projected."""
         from ledger.logs import layout
         from settlement.projector import BALANCE, ENGINE, Source
 
         found = []
         if layout.EVENTS not in known:
             found.append(Source(layout.EVENTS, self.streams.events(), BALANCE))
-        for symbol in self.streams.output_symbols():
+        listed = self._projector.listed_symbols() if self._projector is not None else set()
+        for symbol in sorted(listed):
             name = layout.output_stream(symbol)
             if name not in known:
                 found.append(Source(name, self.streams.outputs(symbol), ENGINE, symbol))
+        self._listed = len(listed)
         return found
 
     def open(self) -> None:
@@ -667,7 +669,7 @@ class ProjectService:
                 _close_quietly(source.log)
             raise
         self._written = 0
-        self._discovered_at = time.monotonic()
+        self._projector.discover_streams()  # the symbols its saved state knows
 
     def close(self) -> None:
         if self._projector is not None:
@@ -698,8 +700,7 @@ class ProjectService:
     def step(self) -> int:
         projector = self._projector
         assert projector is not None, "open() first"
-        if time.monotonic() - self._discovered_at >= DISCOVER_EVERY_S:
-            self._discovered_at = time.monotonic()
+        if len(projector.listed_symbols()) != self._listed:  # a SymbolListed projected
             projector.discover_streams()
         started = time.perf_counter()
         report = projector.run(follow=False)

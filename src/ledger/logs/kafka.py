@@ -28,6 +28,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ class AppendOutcomeUnknown(LogError):
 
 class KafkaConfigError(LogError):
     """Kafka connection settings that cannot be used; the message never holds a secret."""
+
+
+@dataclass(frozen=True)
+class AppendPlacement:
+    """Where the broker put one append: every record's offset, in order (from the
+    delivery reports), the partition's end once the append was visible, and the offsets
+    the append adds beyond its records (1: a transaction's commit marker)."""
+
+    offsets: tuple[int, ...]
+    end: int
+    markers: int
+
+    def foreign_offset(self, expected_first: int) -> int | None:
+        """The first offset from ``expected_first`` to ``end`` that is not this append's
+        (a record of another writer), or None: the append alone fills that range."""
+        for i, offset in enumerate(self.offsets):
+            if offset != expected_first + i:
+                return expected_first + i
+        after = expected_first + len(self.offsets)
+        return None if self.end == after + self.markers else after
 
 
 def check_bootstrap(bootstrap: str) -> str:
@@ -248,6 +269,9 @@ class KafkaLog:
         self._no_records_from = 0
         # Whether the consumer has given a record since it was last assigned.
         self._delivered = False
+        # The last append as the broker placed it: each record's offset (from the
+        # delivery reports) and the end seen once it was visible.
+        self.last_append: AppendPlacement | None = None
 
     # -- writing ----------------------------------------------------------------------
 
@@ -279,7 +303,9 @@ class KafkaLog:
         return self._producer
 
     def append(self, records: Sequence[bytes]) -> int:
-        """Append ``records`` (one transaction if transactional); return the first offset."""
+        """Append ``records`` (one transaction if transactional); return the first offset.
+        ``last_append`` then tells where the broker placed them."""
+        self.last_append = None
         if not records:
             return self.end_offset()
         kafka = _kafka()
@@ -329,7 +355,7 @@ class KafkaLog:
         visible_end = max(offsets) + (2 if self.transactional_id else 1)
         deadline = time.monotonic() + KAFKA_TIMEOUT_S
         pause_s = VISIBLE_POLL_S_FIRST
-        while self.end_offset() < visible_end:
+        while (end := self.end_offset()) < visible_end:
             if time.monotonic() > deadline:
                 raise LogError(
                     f"{self.name}: the batch up to offset {max(offsets)} is committed but not visible to "
@@ -338,7 +364,9 @@ class KafkaLog:
                 )
             time.sleep(pause_s)
             pause_s = min(2 * pause_s, VISIBLE_POLL_S_MAX)
-        return min(offsets)
+        offsets.sort()
+        self.last_append = AppendPlacement(tuple(offsets), end, 1 if self.transactional_id else 0)
+        return offsets[0]
 
     def _commit(self, producer: Any) -> None:
         """Commit the open transaction. A commit whose outcome is unknown is retried while
@@ -391,16 +419,16 @@ class KafkaLog:
                     f"{self.name}: cannot make an admin client: {_scrub(str(error), self._client_config)}"
                 ) from None
         tp = kafka.TopicPartition(self.topic, self.partition)
-        found = []
-        for level in (kafka.IsolationLevel.READ_COMMITTED, kafka.IsolationLevel.READ_UNCOMMITTED):
-            try:
-                futures = self._admin.list_offsets(
-                    {tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=KAFKA_TIMEOUT_S
-                )
-                found.append(int(futures[tp].result(timeout=KAFKA_TIMEOUT_S).offset))
-            except kafka.KafkaException as error:
-                raise LogError(f"{self.name}: cannot list offsets: {error}") from None
-        return found[0], found[1]
+        try:
+            # Both requests in flight at once: one round trip, not two.
+            asked = [
+                self._admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=KAFKA_TIMEOUT_S)
+                for level in (kafka.IsolationLevel.READ_COMMITTED, kafka.IsolationLevel.READ_UNCOMMITTED)
+            ]
+            stable, end = (int(futures[tp].result(timeout=KAFKA_TIMEOUT_S).offset) for futures in asked)
+        except kafka.KafkaException as error:
+            raise LogError(f"{self.name}: cannot list offsets: {error}") from None
+        return stable, end
 
     # -- reading ----------------------------------------------------------------------
 
