@@ -286,6 +286,35 @@ def test_two_engines_hosting_the_same_symbol_fence_never_fork(pipeline: Pipeline
         assert got[key] == want[key], key
 
 
+def test_two_ubscores_on_the_same_stream_one_stops_never_a_fork(pipeline: Pipeline) -> None:
+    """The second claims the transactional id on start; the first, with commands still to
+    answer, stops on its next commit: fenced, or (if the second appended first) finding
+    another writer's records at its end. Either way one stream, which replays."""
+    commands = list(workload())[:6_000]
+    pipeline.send(commands[:3_000])
+    first = pipeline.start("ubscore", "--idle-exit-s", "0", name="ubscore-a")
+    deadline = time.monotonic() + KILL_WAIT_S_MAX
+    while pipeline.events_end() < 500:
+        assert time.monotonic() < deadline and first.poll() is None, pipeline.output("ubscore-a")
+        time.sleep(0.05)
+    second = pipeline.start("ubscore", "--idle-exit-s", "0", name="ubscore-b")
+    while "ubscore: resumed at seq" not in pipeline.output("ubscore-b"):  # logged once it has claimed
+        assert time.monotonic() < deadline and second.poll() is None, pipeline.output("ubscore-b")
+        time.sleep(0.05)
+    pipeline.send(commands[3_000:])
+    code = first.wait(timeout=RUN_S_MAX)
+    text = pipeline.output("ubscore-a")
+    assert (code, "fenced" in text) == (2, True) or (code, "another writer" in text) == (1, True), text
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=RUN_S_MAX) == 0, pipeline.output("ubscore-b")
+    pipeline.drain()
+    got = pipeline.outcome()
+    assert got["conservation"] == []
+    want = exchange_outcome(commands)
+    for key in ("balances", "trades", "books"):
+        assert got[key] == want[key], key
+
+
 def _output_end_over(pipeline: Pipeline, symbol: str, end: int) -> bool:
     if symbol not in pipeline.streams.output_symbols():
         return False
