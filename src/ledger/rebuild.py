@@ -58,11 +58,12 @@ def replay(
 
     With ``snapshot``, start from the verified snapshot state and apply only the events
     after its seq; ``start_offset``, if known, is an offset at or before the first of
-    them (default: the snapshot's seq, which never lies past it). With ``until``, stop after the event with that seq. ``progress``
-    draws a progress line on stderr (None: only if stderr is a terminal). ``observe``,
-    if given, is called with each event right after it is applied, so other reducers of
-    balance.events (the engines ``ledger.app.exchange.verify`` re-runs) share this one
-    read and decode of the log; an exception it raises stops the replay.
+    them (default: the snapshot's seq, which never lies past it). With ``until``, stop
+    after the event with that seq. ``progress`` draws a progress line on stderr (None:
+    only if stderr is a terminal). ``observe``, if given, is called with each event
+    right after it is applied, so other reducers of balance.events (the engines
+    ``ledger.app.exchange.verify`` re-runs) share this one read and decode of the log;
+    an exception it raises stops the replay.
     """
     core, _count = _replay(log, reducer, snapshot, until, progress, observe, start_offset)
     return core

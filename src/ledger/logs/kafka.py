@@ -422,7 +422,9 @@ class KafkaLog:
         try:
             # Both requests in flight at once: one round trip, not two.
             asked = [
-                self._admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=KAFKA_TIMEOUT_S)
+                self._admin.list_offsets(
+                    {tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=KAFKA_TIMEOUT_S
+                )
                 for level in (kafka.IsolationLevel.READ_COMMITTED, kafka.IsolationLevel.READ_UNCOMMITTED)
             ]
             stable, end = (int(futures[tp].result(timeout=KAFKA_TIMEOUT_S).offset) for futures in asked)
