@@ -215,6 +215,54 @@ def assert_same_as_in_process(got: dict[str, Any]) -> None:
         assert got[key] == want[key], key
 
 
+def test_the_reference_scenarios_through_the_services_into_cassandra(pipeline: Pipeline) -> None:
+    """Both reference scenarios in one run, read back from the projection in Cassandra:
+    the exact balances and fees of the in-process tests, the trade row, the orders'
+    final statuses and no open order."""
+    from ledger import Asset, CancelOrder, Deposit, ListAsset, ListSymbol, PlaceOrder, Side
+    from settlement import Queries
+    from settlement.cql import CqlStore
+    from settlement.model import STATUS_CANCELLED, STATUS_FILLED
+    from support import BTC, BTC_USDT, USDT
+
+    pipeline.send([
+        ListAsset(1, Asset("BTC", 8)), ListAsset(2, Asset("USDT", 6)), ListSymbol(3, BTC_USDT),
+        # One trade with exact fees.
+        Deposit(1001, 1, "BTC", 1 * BTC), Deposit(1002, 1, "USDT", 20_000 * USDT),
+        PlaceOrder(1001, 2, "BTC-USDT", Side.SELL, qty=50, price=150),
+        PlaceOrder(1002, 2, "BTC-USDT", Side.BUY, qty=50, price=150),
+        # A self-trade: the buy is refused by the book, the sell rests until it is
+        # cancelled by its client order id; every lock is released.
+        Deposit(2001, 1, "BTC", 1 * BTC), Deposit(2001, 2, "USDT", 1_000 * USDT),
+        PlaceOrder(2001, 3, "BTC-USDT", Side.SELL, qty=1, price=50_000),
+        PlaceOrder(2001, 4, "BTC-USDT", Side.BUY, qty=1, price=50_000),
+        CancelOrder(2001, 5, 0, order_request_id=3),
+    ])
+    for name in ("ubscore", "engine", "project"):
+        pipeline.start(name)
+    assert set(pipeline.wait_all().values()) == {0}
+    pipeline.drain()
+    store = CqlStore(("127.0.0.1",), CASSANDRA_PORT, pipeline.keyspace, create=False)
+    try:
+        q = Queries(store)
+        assert q.balances(1001) == {"BTC": (BTC // 2, 0), "USDT": (75 * USDT - 75_000, 0)}
+        assert q.balances(1002) == {"BTC": (BTC // 2 - 100_000, 0), "USDT": (20_000 * USDT - 75 * USDT, 0)}
+        assert q.balances(0) == {"BTC": (100_000, 0), "USDT": (75_000, 0)}
+        assert q.balances(2001) == {"BTC": (BTC, 0), "USDT": (1_000 * USDT, 0)}
+        (trade,) = q.recent_trades("BTC-USDT")
+        assert (trade["price"], trade["qty"], trade["maker_user"], trade["taker_user"]) == (150, 50, 1001, 1002)
+        assert (trade["maker_fee"], trade["taker_fee"], trade["taker_refund"]) == (75_000, 100_000, 0)
+        for order_id in (trade["maker_order_id"], trade["taker_order_id"]):
+            order = q.order(order_id)
+            assert order is not None and (order["status"], order["filled_qty"]) == (STATUS_FILLED, 50), order
+        assert q.open_orders(1001) == q.open_orders(1002) == q.open_orders(2001) == []
+        own = [r for r in store.scan("orders") if r["user"] == 2001]
+        assert len(own) == 2 and all(r["status"] == STATUS_CANCELLED and r["filled_qty"] == 0 for r in own), own
+    finally:
+        store.close()
+    pipeline.audit()
+
+
 def test_a_planned_workload_through_the_services_ends_as_in_the_in_process_exchange(pipeline: Pipeline) -> None:
     commands = list(workload())
     pipeline.send(commands)
