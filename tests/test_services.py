@@ -334,7 +334,9 @@ def _snapshotted(tmp_path: Any) -> tuple[MemoryStreams, Any]:
     return streams, snapshots
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped state", "another stream", "ahead of the log"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "flipped state", "another stream", "another stream name", "inner seq", "ahead of the log"]
+)
 def test_a_snapshot_the_log_does_not_confirm_is_passed_over_naming_why(tmp_path, caplog, damage: str) -> None:
     import logging
 
@@ -356,10 +358,20 @@ def test_a_snapshot_the_log_does_not_confirm_is_passed_over_naming_why(tmp_path,
         doc["record_digest"] = "0" * 64
         newest.write_bytes(msgspec.json.encode(doc))
         why = "not the record it was taken after"
+    elif damage == "another stream name":
+        doc = msgspec.json.decode(body)
+        doc["stream"] = "elsewhere"
+        newest.write_bytes(msgspec.json.encode(doc))
+        why = "taken on elsewhere"
+    elif damage == "inner seq":
+        doc = msgspec.json.decode(body)
+        doc["snapshot"]["seq"] += 1
+        newest.write_bytes(msgspec.json.encode(doc))
+        why = "its state is at seq"
     else:
         doc = msgspec.json.decode(body)
         seq = replay(streams.events()).state.seq + 10
-        doc["seq"] = seq
+        doc["seq"] = doc["snapshot"]["seq"] = seq
         newest.unlink()
         newest = newest.with_name(f"ubscore-{seq:020d}.snapshot")
         newest.write_bytes(msgspec.json.encode(doc))
@@ -372,6 +384,8 @@ def test_a_snapshot_the_log_does_not_confirm_is_passed_over_naming_why(tmp_path,
     messages = [r.getMessage() for r in caplog.records]
     assert any(why in m and newest.name in m for m in messages if "passed over" in m), messages
     assert any(f"state from {older.name}" in m for m in messages), messages
+    assert not newest.exists() and newest.with_name(newest.name + ".passed-over").exists()  # set aside
+    assert snapshots.files()[0] == older
     service.close()
 
 
@@ -379,12 +393,14 @@ def test_with_every_snapshot_passed_over_the_whole_log_is_replayed(tmp_path, cap
     import logging
 
     streams, snapshots = _snapshotted(tmp_path)
-    for path in snapshots.files():
+    damaged = snapshots.files()
+    for path in damaged:
         path.write_bytes(b"{}")
     caplog.set_level(logging.INFO, logger="ledger.services")
     service = UBSCoreService(streams, 100, 0, snapshots=snapshots)
     service.open()
     assert service.core is not None and service.core.state_hash() == replay(streams.events()).state_hash()
-    assert sum("passed over" in r.getMessage() for r in caplog.records) == len(snapshots.files())
+    assert sum("passed over" in r.getMessage() for r in caplog.records) == len(damaged)
+    assert snapshots.files() == []  # every one set aside
     assert not any("state from" in r.getMessage() for r in caplog.records)
     service.close()

@@ -134,6 +134,8 @@ def append_checked(streams: Streams, output: Log, records: list[bytes], expected
             f"{output.name} grew from offset {expected_end} to {end} behind this service's back: "
             "another writer; stopping rather than forking the stream"
         )
+    if not records:
+        return end  # nothing appended; the end is the one just checked
     output.append(records)
     placed = getattr(output, "last_append", None)
     if placed is None:
@@ -326,11 +328,26 @@ class UBSCoreService:
                 started = time.perf_counter()
                 try:
                     saved = self.snapshots.read(path)
+                    if saved.stream != events.name:
+                        raise SnapshotError(f"taken on {saved.stream}, not {events.name}")
                     offset = self._locate(events, saved)
+                except SnapshotError as error:
+                    log.warning("ubscore: snapshot %s passed over, the log is the truth: %s", path.name, error)
+                    self.snapshots.set_aside(path)
+                    continue
+                try:
                     core = replay(events, snapshot=saved.snapshot, start_offset=offset + 1)
                 except SnapshotError as error:
                     log.warning("ubscore: snapshot %s passed over, the log is the truth: %s", path.name, error)
+                    self.snapshots.set_aside(path)
                     continue
+                except LedgerError as error:
+                    # The tail does not replay onto it: the whole log decides (and fails
+                    # the same way if the fault is in the log, not in the snapshot).
+                    log.warning(
+                        "ubscore: the tail after %s does not replay (%s); replaying the whole log", path.name, error
+                    )
+                    break
                 log.info(
                     "ubscore: state from %s (seq %d), then %d events of the tail, in %.2f s",
                     path.name,

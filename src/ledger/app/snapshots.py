@@ -8,13 +8,15 @@ service finds that record by a search over seqs (never offset = seq - 1: transac
 markers leave holes in offsets), checks the digest and replays the tail from the next
 offset. A file that is damaged, from another stream, or ahead of the log is passed over
 with a warning naming why, and the next older one tried; with none left, the state is
-rebuilt from the whole log. Files are written whole or not at all (a temporary file,
-fsync, rename, fsync of the directory), and only the newest ``SNAPSHOTS_KEPT`` stay.
+rebuilt from the whole log; a file passed over is renamed ``*.passed-over``. Files are
+written whole or not at all (a temporary file, fsync, rename, fsync of the directory),
+and only the newest ``SNAPSHOTS_KEPT`` stay.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -29,7 +31,12 @@ SERVICE_SNAPSHOT_FORMAT = "ubscore-service-snapshot"
 SNAPSHOT_EVERY_EVENTS_DEFAULT = 200_000
 # Snapshot files kept; older ones are removed after a new one is written.
 SNAPSHOTS_KEPT = 3
+log = logging.getLogger("ledger.services")
 _NAME = re.compile(r"^ubscore-(\d{20})\.snapshot$")
+
+
+class _Seq(msgspec.Struct):
+    seq: int
 
 
 class _File(msgspec.Struct, frozen=True):
@@ -90,8 +97,17 @@ class SnapshotDir:
         os.replace(temporary, final)
         self._sync_dir()
         for old in self.files()[self.kept :]:
-            old.unlink(missing_ok=True)
+            if old != final:
+                old.unlink(missing_ok=True)
         return final
+
+    def set_aside(self, path: Path) -> None:
+        """Rename a snapshot the log did not confirm to ``*.passed-over``: kept for a
+        look, never read again, never counted among the newest (best effort)."""
+        try:
+            os.replace(path, path.with_name(path.name + ".passed-over"))
+        except OSError as error:
+            log.warning("snapshot %s not set aside: %s", path, error.strerror or error)
 
     def read(self, path: Path) -> SavedSnapshot:
         """One file, checked for form; ``SnapshotError`` says what is wrong with it (the
@@ -109,6 +125,12 @@ class SnapshotDir:
         match = _NAME.match(path.name)
         if match is None or int(match.group(1)) != got.seq:
             raise SnapshotError(f"its name does not give its seq {got.seq}")
+        try:
+            inner = msgspec.json.decode(got.snapshot, type=_Seq).seq
+        except msgspec.MsgspecError as error:
+            raise SnapshotError(f"its state is not a snapshot: {error}") from None
+        if inner != got.seq:
+            raise SnapshotError(f"its state is at seq {inner}, not {got.seq}")
         return SavedSnapshot(path, got.stream, got.seq, got.record_digest, bytes(got.snapshot))
 
     def _sync_dir(self) -> None:

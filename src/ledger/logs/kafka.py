@@ -482,7 +482,9 @@ class KafkaLog:
             raise LogError(f"{self.name}: cannot read watermarks: {error}") from None
 
     def end_offset(self) -> int:
-        """The offset after the last record (the high watermark)."""
+        """The offset after the last record a read_committed reader can see (asked on a
+        read_committed client: the last stable offset, which is the high watermark
+        unless a transaction is open)."""
         return self.watermarks()[1]
 
     def read(self, offset: int, max_records: int = READ_RECORDS_MAX) -> ReadBatch:
