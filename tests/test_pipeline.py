@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,13 @@ class Pipeline:
             if self.ends() == before:
                 return
         raise AssertionError(f"the streams still moved after {rounds_max} rounds")
+
+    def wait_for(self, done: Callable[[], bool], watched: subprocess.Popen[bytes], name: str, deadline: float) -> None:
+        """Poll ``done`` until it holds; fail (with ``name``'s output) if ``watched`` exits
+        or ``deadline`` (monotonic) passes first."""
+        while not done():
+            assert time.monotonic() < deadline and watched.poll() is None, self.output(name)
+            time.sleep(0.05)
 
     def output(self, name: str) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob(f"{name}-*.log")))
@@ -312,13 +320,10 @@ def test_two_engines_hosting_the_same_symbol_fence_never_fork(pipeline: Pipeline
     ubscore = pipeline.start("ubscore", "--idle-exit-s", "0")
     first = pipeline.start("engine", "--symbol", "BTC-USDT", "--idle-exit-s", "0", name="engine-a")
     deadline = time.monotonic() + KILL_WAIT_S_MAX
-    while not _output_end_over(pipeline, "BTC-USDT", 10):
-        assert time.monotonic() < deadline and first.poll() is None, pipeline.output("engine-a")
-        time.sleep(0.05)
+    pipeline.wait_for(lambda: _output_end_over(pipeline, "BTC-USDT", 10), first, "engine-a", deadline)
     second = pipeline.start("engine", "--symbol", "BTC-USDT", name="engine-b")
-    while "engine: hosting BTC-USDT" not in pipeline.output("engine-b"):  # logged once it has claimed
-        assert time.monotonic() < deadline and second.poll() is None, pipeline.output("engine-b")
-        time.sleep(0.05)
+    # Logged once it has claimed the stream.
+    pipeline.wait_for(lambda: "engine: hosting BTC-USDT" in pipeline.output("engine-b"), second, "engine-b", deadline)
     pipeline.send(commands[3_000:])
     assert first.wait(timeout=RUN_S_MAX) == 2, pipeline.output("engine-a")
     assert "fenced" in pipeline.output("engine-a"), pipeline.output("engine-a")
@@ -342,13 +347,10 @@ def test_two_ubscores_on_the_same_stream_one_stops_never_a_fork(pipeline: Pipeli
     pipeline.send(commands[:3_000])
     first = pipeline.start("ubscore", "--idle-exit-s", "0", name="ubscore-a")
     deadline = time.monotonic() + KILL_WAIT_S_MAX
-    while pipeline.events_end() < 500:
-        assert time.monotonic() < deadline and first.poll() is None, pipeline.output("ubscore-a")
-        time.sleep(0.05)
+    pipeline.wait_for(lambda: pipeline.events_end() >= 500, first, "ubscore-a", deadline)
     second = pipeline.start("ubscore", "--idle-exit-s", "0", name="ubscore-b")
-    while "ubscore: resumed at seq" not in pipeline.output("ubscore-b"):  # logged once it has claimed
-        assert time.monotonic() < deadline and second.poll() is None, pipeline.output("ubscore-b")
-        time.sleep(0.05)
+    # Logged once it has claimed the transactional id.
+    pipeline.wait_for(lambda: "ubscore: resumed at seq" in pipeline.output("ubscore-b"), second, "ubscore-b", deadline)
     pipeline.send(commands[3_000:])
     code = first.wait(timeout=RUN_S_MAX)
     text = pipeline.output("ubscore-a")

@@ -331,11 +331,6 @@ class UBSCoreService:
                     if saved.stream != events.name:
                         raise SnapshotError(f"taken on {saved.stream}, not {events.name}")
                     offset = self._locate(events, saved)
-                except SnapshotError as error:
-                    log.warning("ubscore: snapshot %s passed over, the log is the truth: %s", path.name, error)
-                    self.snapshots.set_aside(path)
-                    continue
-                try:
                     core = replay(events, snapshot=saved.snapshot, start_offset=offset + 1)
                 except SnapshotError as error:
                     log.warning("ubscore: snapshot %s passed over, the log is the truth: %s", path.name, error)
