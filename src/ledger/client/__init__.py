@@ -1,0 +1,1 @@
+"""A Python client of the HTTP gateway (``ledger run gateway``), on httpx."""
