@@ -821,6 +821,70 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    try:
+        from ledger.app.gateway import server
+        from ledger.app.gateway.app import GatewayConfig
+    except ImportError as error:
+        raise CliError(f"the gateway needs its extra ({error.name} is missing): pip install -e '.[gateway]'") from None
+    streams = _deployment_streams(args)
+    db = Path(args.db)
+    if db.is_dir() or not db.parent.is_dir():
+        raise CliError(f"--db {db}: not a file in an existing directory")
+    if db.exists():
+        _check_sqlite_file(db)
+    url = args.store
+    _check_store_to_read(url)
+
+    def store() -> Any:
+        return _open_store(url, read_only=True)
+
+    config = GatewayConfig(args.answer_timeout_s, args.read_wait_s, args.health_lag_max)
+    auth = {"recv_window_ms": args.recv_window_ms, "rate_per_s": args.rate_per_s, "burst": args.burst}
+    gateway = server.build(streams, db, store, config, auth)
+    try:
+        server.serve(gateway, args.address, args.port)
+    except OSError as error:
+        raise CliError(f"gateway: {error}", EXIT_CHECK_FAILED) from None
+    print(f"gateway: {gateway.bridge.sent_commands} commands sent, {gateway.bridge.answers_seen} answers seen")
+    return EXIT_OK
+
+
+def _gateway_parser(services: Any) -> None:
+    from ledger.app.gateway.limits import (
+        ANSWER_TIMEOUT_S_DEFAULT,
+        HEALTH_LAG_MAX_DEFAULT,
+        RATE_BURST_DEFAULT,
+        RATE_LIMIT_PER_S_DEFAULT,
+        READ_WAIT_S_DEFAULT,
+        RECV_WINDOW_MS_DEFAULT,
+    )
+
+    gp = services.add_parser("gateway", help="the HTTP gateway: signed requests in, balance.operations out")
+    gp.add_argument("--dir", type=_nonempty, help="a file-log deployment's directory")
+    gp.add_argument("--kafka", type=_bootstrap, help="bootstrap servers of the Kafka cluster")
+    gp.add_argument("--topic-prefix", default="", help="with --kafka: a prefix on every topic")
+    gp.add_argument("--fsync", choices=["always", "never"], default="always", help="file log fsync policy")
+    gp.add_argument("--store", type=_store_url, required=True, help="the projection: sqlite:PATH or cql://HOST:PORT/KS")
+    gp.add_argument("--db", type=_nonempty, required=True, help="the gateway's own SQLite file: API keys and requests")
+    gp.add_argument("--address", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    gp.add_argument("--port", type=_integer(1, 65535), default=8080, help="the port to listen on (default 8080)")
+    gp.add_argument("--answer-timeout-s", type=_seconds, default=ANSWER_TIMEOUT_S_DEFAULT,
+                    help=f"wait this long for UBSCore's answer, then answer 202 (default {ANSWER_TIMEOUT_S_DEFAULT:g})")
+    gp.add_argument("--read-wait-s", type=_seconds, default=READ_WAIT_S_DEFAULT,
+                    help=f"a read waits this long for the projection to reach min_seq ({READ_WAIT_S_DEFAULT:g})")
+    gp.add_argument("--health-lag-max", type=_integer(0), default=HEALTH_LAG_MAX_DEFAULT,
+                    help=f"health fails past this projection lag, in records (default {HEALTH_LAG_MAX_DEFAULT:,})")
+    gp.add_argument("--recv-window-ms", type=_integer(1, 600_000), default=RECV_WINDOW_MS_DEFAULT,
+                    help=f"a request's timestamp may be this far from the gateway's clock (default "
+                    f"{RECV_WINDOW_MS_DEFAULT:,})")
+    gp.add_argument("--rate-per-s", type=_rate, default=RATE_LIMIT_PER_S_DEFAULT,
+                    help=f"requests per second per key (default {RATE_LIMIT_PER_S_DEFAULT:g})")
+    gp.add_argument("--burst", type=_integer(1), default=RATE_BURST_DEFAULT,
+                    help=f"requests a key may send at once above its rate (default {RATE_BURST_DEFAULT:,})")
+    gp.set_defaults(run=_cmd_gateway)
+
+
 def _load_target(args: argparse.Namespace) -> tuple[Log, str]:
     """balance.operations of the deployment ``load`` writes to, opened for writing, and
     how to name it."""
@@ -1060,6 +1124,7 @@ def _run_parser(sub: Any) -> None:
             sp.add_argument("--store", type=_store_url, help="sqlite:PATH or cql://HOST:PORT/KEYSPACE")
             sp.add_argument("--state-every", type=_integer(0), help="save the fold state every N events")
         sp.set_defaults(run=_cmd_run)
+    _gateway_parser(services)
 
 
 def _rate(text: str) -> float:

@@ -44,3 +44,45 @@ class Reason(IntEnum):
     # A record of balance.operations that is not a command of the schema (it does not
     # decode, or it is over COMMAND_BYTES_MAX): answered without quoting it.
     MALFORMED_COMMAND = 28
+
+
+_TEXT: dict[int, str] = {
+    Reason.OK: "accepted",
+    Reason.INSUFFICIENT_FUNDS: "the available balance does not cover it",
+    Reason.DUPLICATE_REQUEST: "a retry of a request already answered",
+    Reason.REQUEST_ID_CONFLICT: "this request id was used for a different request",
+    Reason.UNKNOWN_ASSET: "no such asset is listed",
+    Reason.UNKNOWN_SYMBOL: "no such symbol is listed",
+    Reason.INVALID_AMOUNT: "the amount is not a positive amount within the limits",
+    Reason.INVALID_PRICE: "the price is not valid for this order type",
+    Reason.INVALID_QUANTITY: "the quantity is not valid (or the order's value is beyond the limits)",
+    Reason.UNKNOWN_ORDER: "no open order of this account has that id",
+    Reason.NOT_ORDER_OWNER: "the order belongs to another account",
+    Reason.INVALID_USER: "the user id is not valid",
+    Reason.INVALID_REQUEST_ID: "the request id is not valid",
+    Reason.INVALID_ORDER_TYPE: "this combination of order type and time in force is not allowed",
+    Reason.ASSET_EXISTS: "the asset is already listed",
+    Reason.SYMBOL_EXISTS: "the symbol is already listed",
+    Reason.INVALID_DEFINITION: "the market definition is not valid",
+    Reason.WRONG_SHARD: "the account belongs to another shard",
+    Reason.BALANCE_OVERFLOW: "the balance would exceed the largest amount",
+    Reason.CANCEL_PENDING: "a cancel of this order is already pending",
+    Reason.CANCELLED_BY_USER: "cancelled by its owner",
+    Reason.SELF_TRADE_PREVENTED: "it would have traded with an order of the same account",
+    Reason.POST_ONLY_WOULD_TAKE: "a post-only order that would have taken liquidity",
+    Reason.FOK_NOT_FILLABLE: "a fill-or-kill order the book could not fill whole",
+    Reason.NO_LIQUIDITY: "the book had nothing to match",
+    Reason.IOC_REMAINDER: "the unfilled rest of an immediate-or-cancel order",
+    Reason.DUPLICATE_ORDER_ID: "the book already holds an order with this id",
+    Reason.BUDGET_EXHAUSTED: "the market buy's quote budget is spent",
+    Reason.MALFORMED_COMMAND: "the record is not a command of the schema",
+}
+
+
+def describe(reason: int) -> str:
+    """A sentence for a reason code (for people; the code is what programs compare).
+
+    >>> describe(Reason.INSUFFICIENT_FUNDS)
+    'the available balance does not cover it'
+    """
+    return _TEXT.get(reason, f"reason {reason}")

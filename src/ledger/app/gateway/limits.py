@@ -1,0 +1,16 @@
+"""The gateway's named limits and defaults (no imports: the command line reads them
+without loading the web stack)."""
+
+from __future__ import annotations
+
+# How long a command waits for UBSCore's answer before the gateway answers 202.
+ANSWER_TIMEOUT_S_DEFAULT = 5.0
+# How long a read waits for the projection to reach the min_seq it asks for (then 504).
+READ_WAIT_S_DEFAULT = 10.0
+# Health: the projection may lag balance.events by at most this many records.
+HEALTH_LAG_MAX_DEFAULT = 10_000
+# A request's timestamp may be this far from the gateway's clock, either way.
+RECV_WINDOW_MS_DEFAULT = 5_000
+# Requests per second per key, and how many above that rate a key may send at once.
+RATE_LIMIT_PER_S_DEFAULT = 200.0
+RATE_BURST_DEFAULT = 400
