@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,8 @@ READ_THREADS = 4
 MARKET_REFRESH_S_MIN = 0.5
 
 HEADER_IDEMPOTENCY = "Idempotency-Key"
+
+log = logging.getLogger("ledger.gateway")
 
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _SIDE_NAMES = {Side.BUY: "buy", Side.SELL: "sell"}
@@ -180,7 +183,10 @@ class Gateway:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        await self.read(self.market.load)
+        try:
+            await self.read(self.market.load)
+        except Exception as error:  # noqa: BLE001 (the projection may not exist yet: read again on a miss)
+            log.warning("gateway: the listings are not readable from the projection yet: %s", error)
 
     async def _shutdown(self) -> None:
         self._readers.shutdown(wait=False, cancel_futures=True)
@@ -229,12 +235,13 @@ class Gateway:
     ) -> Callable[[Request], Awaitable[Response]]:
         """Authenticate (the signature covers method, path with query, and body), then
         run ``handler(request, principal, body)``; every failure is a JSON error."""
-        from ledger.app.gateway.auth import AuthError
+        from ledger.app.gateway.auth import AuthError, request_target
 
         async def run(request: Request) -> Response:
             try:
                 body = await self._body(request)
-                path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                path = request_target(request.scope.get("raw_path") or request.url.path.encode(),
+                                      request.scope.get("query_string", b""))
                 try:
                     principal = self.auth.authenticate(request.method, path, request.headers, body)
                 except AuthError as error:
@@ -268,7 +275,7 @@ class Gateway:
         if principal.role == "operator":
             if asked is None:
                 raise HttpError(400, "missing_field", "an operator's read names the account: ?user=N", "user")
-            return _int_param(asked, "user", 1)
+            return _int_param(asked, "user", 0)  # 0: the fee account
         if asked is not None and asked != str(principal.user):
             raise HttpError(403, "forbidden", "a key reads only its own account")
         return int(principal.user)
