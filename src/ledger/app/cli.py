@@ -12,6 +12,10 @@
     ledger run ubscore|engine|project|all (--dir DIR | --kafka HOST:PORT) [--batch N] [--idle-exit-s S] ...
     ledger load (--dir DIR | --kafka HOST:PORT [--topic-prefix P]) --orders N [--users U] [--symbols S]
                 [--seed X] [--rate R] [--request-id-base B] [--json]
+    ledger keys create --db PATH (--user N | --operator) [--label TEXT] [--json]
+    ledger keys add --db PATH (--user N | --operator) --public-key HEX [--label TEXT] [--json]
+    ledger keys revoke --db PATH KEY_ID [--json]
+    ledger keys list --db PATH [--json]
 
 Stores: ``sqlite:PATH`` (embedded) or ``cql://HOST:PORT/KEYSPACE`` (ScyllaDB, Cassandra).
 A store URL or Kafka address holding credentials (``user:password@``) is refused, and the
@@ -234,21 +238,23 @@ def _sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def _check_sqlite_file(file: Path) -> None:
-    """An existing ``file`` must be an SQLite database (sqlite would fail on first use)."""
+def _check_sqlite_file(file: Path, what: str | None = None) -> None:
+    """An existing ``file`` must be an SQLite database (sqlite would fail on first use);
+    ``what`` names it in a refusal (default: as a store URL)."""
+    name = what or f"store sqlite:{file}"
     if file.is_dir():
-        raise CliError(f"store sqlite:{file}: is a directory, not a database file")
+        raise CliError(f"{name}: is a directory, not a database file")
     if not file.exists():
         if not file.parent.is_dir():
-            raise CliError(f"store sqlite:{file}: no such directory {file.parent}")
+            raise CliError(f"{name}: no such directory {file.parent}")
         return
     try:
         with open(file, "rb") as f:
             magic = f.read(len(SQLITE_MAGIC))
     except OSError as error:
-        raise CliError(f"store sqlite:{file}: cannot read it: {error.strerror}") from None
+        raise CliError(f"{name}: cannot read it: {error.strerror}") from None
     if magic and magic != SQLITE_MAGIC:
-        raise CliError(f"store sqlite:{file}: not an SQLite database")
+        raise CliError(f"{name}: not an SQLite database")
 
 
 def _check_store_to_read(url: str) -> None:
@@ -1169,6 +1175,156 @@ def _load_parser(sub: Any) -> None:
     lp.set_defaults(run=_cmd_load)
 
 
+# -- ledger keys: the gateway's API keys (ledger.app.gateway.keys) -----------------------
+
+GATEWAY_EXTRA_HINT = "install the gateway extra: pip install -e '.[gateway]'"
+
+
+def _keys_module() -> Any:
+    """``ledger.app.gateway.keys``, or a one-line refusal when ``cryptography`` is missing."""
+    try:
+        from ledger.app.gateway import keys
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "cryptography":
+            raise CliError(f"API keys need the cryptography package: {GATEWAY_EXTRA_HINT}") from None
+        raise
+    return keys
+
+
+def _key_store(path: str, create: bool) -> Any:
+    """The key store in the database ``path``; without ``create`` it must exist and hold
+    keys, and opening it creates nothing."""
+    keys = _keys_module()
+    file = Path(path)
+    _check_sqlite_file(file, f"--db {file}")
+    if not create and (not file.exists() or file.stat().st_size == 0):
+        raise CliError(f"--db {file}: no such database (no key was ever added there)")
+    return keys.KeyStore(file, create=create)
+
+
+def _user_and_role(args: argparse.Namespace) -> tuple[int, str]:
+    keys = _keys_module()
+    if args.operator:
+        if args.user not in (None, keys.OPERATOR_USER):
+            raise CliError(f"--user: an operator key carries user {keys.OPERATOR_USER}; leave --user out")
+        return keys.OPERATOR_USER, "operator"
+    if args.user is None:
+        raise CliError("--user is required for a trader key (or give --operator for an operator key)")
+    return args.user, "trader"
+
+
+def _when(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _print_key(key: Any, private_hex: str | None = None) -> None:
+    print(f"key id:       {key.key_id}")
+    print(f"user:         {key.user}")
+    print(f"role:         {key.role}")
+    print(f"label:        {key.label}")
+    print(f"public key:   {key.public_key}")
+    print(f"created:      {_when(key.created_ms)}")
+    if key.revoked_ms is not None:
+        print(f"revoked:      {_when(key.revoked_ms)}")
+    if private_hex is not None:
+        print(f"private key:  {private_hex}")
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    """``keys create`` and ``keys add``: everything is checked before the database is
+    opened (and so perhaps created)."""
+    keys = _keys_module()
+    user, role = _user_and_role(args)
+    public_hex = getattr(args, "public_key", None)
+    keys.check_new_key(user, role, args.label, public_hex)
+    store = _key_store(args.db, create=True)
+    try:
+        if public_hex is None:
+            key, private_hex = store.create(user, role, args.label)
+        else:
+            key, private_hex = store.add(user, role, public_hex, args.label), None
+    finally:
+        store.close()
+    if args.json:
+        record = msgspec.structs.asdict(key)
+        if private_hex is not None:
+            record["private_key"] = private_hex
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+    else:
+        _print_key(key, private_hex)
+    sys.stdout.flush()
+    if private_hex is not None:
+        print(
+            "ledger keys create: the private key is shown once, here, and stored nowhere: keep it secret "
+            "(whoever holds it can sign requests as this key)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    store = _key_store(args.db, create=False)
+    try:
+        key = store.revoke(args.key_id)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
+    else:
+        print(f"revoked {key.key_id} ({key.role}, user {key.user}) at {_when(key.revoked_ms)}")
+    return EXIT_OK
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _key_store(args.db, create=False)
+    try:
+        found = store.list()
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(found).decode() + "\n")
+        return EXIT_OK
+    if not found:
+        print("no keys")
+    for key in found:
+        state = "live" if key.revoked_ms is None else f"revoked {_when(key.revoked_ms)}"
+        created = _when(key.created_ms)
+        print(f"{key.key_id}  {key.role:<8} user {key.user:<20} created {created}  {state:<29} {key.label}")
+    return EXIT_OK
+
+
+def _keys_parser(sub: Any) -> None:
+    from ledger.protocol.limits import USER_ID_MAX
+
+    kp = sub.add_parser("keys", help="create, add, revoke and list the HTTP gateway's API keys")
+    actions = kp.add_subparsers(dest="keys_action", required=True)
+    db_help = "the gateway's SQLite database (its api_keys table)"
+    for name, text in (
+        ("create", "generate a key pair, register its public key, print the private key once"),
+        ("add", "register a public key the client generated (the recommended way: no secret leaves the client)"),
+    ):
+        np = actions.add_parser(name, help=text)
+        np.add_argument("--db", type=_nonempty, required=True, help=db_help)
+        np.add_argument("--user", type=_integer(0, USER_ID_MAX), help=f"the trader's user id (1..{USER_ID_MAX:,})")
+        np.add_argument("--operator", action="store_true", help="an operator key (funds, listings, reads any account)")
+        np.add_argument("--label", default="", help="a name for the key, shown in listings")
+        if name == "add":
+            np.add_argument("--public-key", required=True, metavar="HEX", help="the Ed25519 public key, 64 hex digits")
+        np.add_argument("--json", action="store_true", help="print the key as JSON")
+        np.set_defaults(run=_cmd_keys_new)
+    rp = actions.add_parser("revoke", help="revoke a key: the gateway refuses it within a second")
+    rp.add_argument("--db", type=_nonempty, required=True, help=db_help)
+    rp.add_argument("key_id", metavar="KEY_ID", type=_nonempty)
+    rp.add_argument("--json", action="store_true", help="print the revoked key as JSON")
+    rp.set_defaults(run=_cmd_keys_revoke)
+    lp = actions.add_parser("list", help="list every key, live and revoked (public keys only)")
+    lp.add_argument("--db", type=_nonempty, required=True, help=db_help)
+    lp.add_argument("--json", action="store_true", help="print them as JSON")
+    lp.set_defaults(run=_cmd_keys_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = _Parser(prog="ledger", description="Event-sourced exchange ledger tools.")
@@ -1178,6 +1334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settlement_parsers(sub)
     _run_parser(sub)
     _load_parser(sub)
+    _keys_parser(sub)
     return parser
 
 
@@ -1247,7 +1404,8 @@ def _describe(error: BaseException) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
     args = build_parser().parse_args(argv)
-    command = args.command if args.command != "run" else f"run {args.service}"
+    action = {"run": "service", "keys": "keys_action"}.get(args.command)
+    command = args.command if action is None else f"{args.command} {getattr(args, action)}"
     following = bool(getattr(args, "follow", False)) or args.command == "run"
     with _logging_to_stderr(command, everything=following, level=logging.INFO if args.command == "run" else None):
         try:
