@@ -111,7 +111,7 @@ class Deployment:
         return process.wait(timeout=STOP_S_MAX)
 
     def stop(self) -> None:
-        for name, process in list(self.processes.items()):
+        for process in list(self.processes.values()):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in self.processes.values():

@@ -6,17 +6,14 @@ One deployment is shared by the module (each test uses accounts of its own)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from gateway_support import Deployment, ledger
+from gateway_support import Deployment
 from ledger.client import Client, Reply
 from support import CASSANDRA_PORT, KAFKA_BOOTSTRAP
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -177,18 +178,18 @@ class Gateway:
             Route("/v1/symbols/{symbol}/depth", self.signed(self.depth), methods=["GET"]),
             Route("/v1/requests/{ref:int}", self.signed(self.request_status), methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes, on_startup=[self._startup], on_shutdown=[self._shutdown],
+        self.app = Starlette(routes=routes, lifespan=self._lifespan,
                              exception_handlers={404: self._not_found, 405: self._not_allowed})
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _startup(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         try:
             await self.read(self.market.load)
         except Exception as error:  # noqa: BLE001 (the projection may not exist yet: read again on a miss)
             log.warning("gateway: the listings are not readable from the projection yet: %s", error)
-
-    async def _shutdown(self) -> None:
+        yield
         self._readers.shutdown(wait=False, cancel_futures=True)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
@@ -252,6 +253,9 @@ class Gateway:
                 return _error(error)
             except BridgeError as error:
                 return _error(HttpError(503, "unavailable", str(error), retry_after_s=1.0))
+            except Exception as error:  # noqa: BLE001 (answered as JSON and logged, never a bare 500 page)
+                log.exception("gateway: %s %s failed", request.method, request.url.path)
+                return _error(HttpError(500, "internal", f"the gateway failed on this request: {type(error).__name__}"))
 
         return run
 
