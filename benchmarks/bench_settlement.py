@@ -67,7 +67,7 @@ def all_writes(root: Path) -> list[Row]:
                 if source.kind == BALANCE:
                     projection.balance_event(EVENTS.decode(raw), writes)
                 else:
-                    Projection.engine_output(OUTPUTS.decode(raw), writes)
+                    projection.engine_output(OUTPUTS.decode(raw), writes)
         source.log.close()
     return writes
 

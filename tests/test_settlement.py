@@ -124,10 +124,11 @@ def test_reapplying_any_batch_in_any_order_converges(new_store: StoreFactory) ->
         writes: list[Row] = []
         projection.balance_event(EVENTS.decode(raw), writes)
         batches.append(writes)
-    for symbol in sorted(outputs):  # the engine's rows of an order too
+    engines = Projection()  # the depth is folded per symbol, each in its own order
+    for symbol in sorted(outputs):  # the engine's rows of an order and of the depth too
         for raw in records(outputs[symbol]):
             writes = []
-            Projection.engine_output(OUTPUTS.decode(raw), writes)
+            engines.engine_output(OUTPUTS.decode(raw), writes)
             batches.append(writes)
     forwards, backwards = new_store(), new_store()
     for writes in batches:
@@ -540,9 +541,10 @@ def test_a_cancel_that_lost_the_race_leaves_the_ended_order_alone(new_store: Sto
 
     store = new_store()
     writes: list[Row] = []
-    Projection.engine_output(OrderRested(1, "X-Y", 10, 77, 5, Side.SELL, 100, 4), writes)
-    Projection.engine_output(OrderRejected(2, "X-Y", 12, 77, 5, int(Reason.UNKNOWN_ORDER)), writes)
-    Projection.engine_output(OrderRejected(3, "X-Y", 13, 78, 5, int(Reason.POST_ONLY_WOULD_TAKE)), writes)
+    projection = Projection()
+    projection.engine_output(OrderRested(1, "X-Y", 10, 77, 5, Side.SELL, 100, 4), writes)
+    projection.engine_output(OrderRejected(2, "X-Y", 12, 77, 5, int(Reason.UNKNOWN_ORDER)), writes)
+    projection.engine_output(OrderRejected(3, "X-Y", 13, 78, 5, int(Reason.POST_ONLY_WOULD_TAKE)), writes)
     store.commit(writes, Checkpoint("engine.outputs/X-Y", 3, 3))
     store.flush()
     q = Queries(store)

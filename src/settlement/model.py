@@ -25,11 +25,19 @@ Logical tables (the same in every store):
 * ``orders`` (order_id): the order as accepted, its status, filled quantity and what the
   engine said of it (resting quantity, the reason it ended).
 * ``open_orders`` (user, order_id): a user's open orders (deleted when the order ends).
+* ``order_fills`` (order_id, bucket, trade_id) and ``order_fill_buckets`` (order_id,
+  bucket): one order's fills, newest first, from both sides of every ``TradeSettled``.
+* ``depth_levels`` (symbol, side, rank): the aggregated resting book from engine.outputs,
+  one row per price level with its total resting quantity and number of orders, best
+  level first on both sides (``rank`` is the price for bids, minus the price for asks).
+  A level that empties is deleted.
 * ``assets``, ``symbols``: the market definitions, for readers.
 * ``stream_checkpoints`` and ``sequence_gaps``: kept by the projector, not by this module.
 
 Partitions stay bounded: ledger and trade rows are bucketed by the seq of their stream
-(``BUCKET_SEQS`` seqs a bucket), so no partition holds more than that many rows.
+(``BUCKET_SEQS`` seqs a bucket), and an order's fills by trade id, so no partition holds
+more than that many rows. A depth partition holds one row per price level with resting
+orders on that side, at most the number of resting orders.
 """
 
 from __future__ import annotations
@@ -186,6 +194,27 @@ TABLES: dict[str, Table] = {
             _cols("user:bigint order_id:bigint symbol:text side:int price:bigint qty:bigint accepted_seq:bigint"),
             ("user",),
             ("order_id",),
+        ),
+        Table(
+            "order_fills",
+            _cols(
+                "order_id:bigint bucket:int trade_id:bigint symbol:text seq:bigint engine_seq:bigint user:bigint "
+                "maker:boolean side:int price:bigint qty:bigint base_amount:varint quote_amount:varint fee:varint"
+            ),
+            # An order may fill up to its quantity in lots (ORDER_QTY_LOTS_MAX is 2**63 - 1)
+            # times, a lot at a time: bucketed by trade id like a symbol's trades.
+            ("order_id", "bucket"),
+            ("trade_id",),
+        ),
+        Table("order_fill_buckets", _cols("order_id:bigint bucket:int"), ("order_id",), ("bucket",)),
+        Table(
+            "depth_levels",
+            # qty is a varint: the sum of a level's orders, each up to 2**63 - 1 lots, can
+            # pass 64 bits.
+            _cols("symbol:text side:int rank:bigint price:bigint qty:varint orders:bigint engine_seq:bigint"),
+            ("symbol", "side"),
+            # rank = price for bids, -price for asks: descending puts the best level first.
+            ("rank",),
         ),
     )
 }
@@ -403,6 +432,59 @@ class OpenOrderDelete(Delete, frozen=True):
     seq: int
 
 
+class OrderFillRow(ImmutableRow, frozen=True):
+    """One order's part in one trade: ``fee`` is what this side paid, ``side`` its side."""
+
+    TABLE = "order_fills"
+    VERSION = "seq"
+    order_id: int
+    bucket: int
+    trade_id: int
+    symbol: str
+    seq: int
+    engine_seq: int
+    user: int
+    maker: bool
+    side: int
+    price: int
+    qty: int
+    base_amount: int
+    quote_amount: int
+    fee: int
+
+
+class OrderFillBucketRow(ImmutableRow, frozen=True):
+    TABLE = "order_fill_buckets"
+    VERSION = None
+    order_id: int
+    bucket: int
+
+
+class DepthLevelRow(VersionedRow, frozen=True):
+    """A price level's totals after the engine output with seq ``engine_seq``."""
+
+    TABLE = "depth_levels"
+    VERSION = "engine_seq"
+    symbol: str
+    side: int
+    rank: int
+    price: int
+    qty: int
+    orders: int
+    engine_seq: int
+
+
+class DepthLevelDelete(Delete, frozen=True):
+    """The level emptied at engine seq ``engine_seq``; a later write brings it back."""
+
+    TABLE = "depth_levels"
+    VERSION = "engine_seq"
+    symbol: str
+    side: int
+    rank: int
+    engine_seq: int
+
+
 Row = (
     AssetRow
     | SymbolRow
@@ -419,6 +501,10 @@ Row = (
     | OrderEndedRow
     | OpenOrderRow
     | OpenOrderDelete
+    | OrderFillRow
+    | OrderFillBucketRow
+    | DepthLevelRow
+    | DepthLevelDelete
 )
 ROW_TYPES: tuple[type[Row], ...] = get_args(Row)
 
@@ -446,46 +532,83 @@ def bucket_of(seq: int) -> int:
     return seq // BUCKET_SEQS
 
 
-# The layout of a saved projector state; a reader refuses any other.
-STATE_FORMAT = "projection-state-1"
+def depth_rank(side: int, price: int) -> int:
+    """The clustering key of a depth level: descending order puts the best level first
+    on both sides (the highest bid, the lowest ask)."""
+    return price if side == Side.BUY else -price
+
+
+# The layout of a saved projector state; a reader refuses any other (a state of the
+# layout before depth, "projection-state-1", is refused too, so the stream folds from
+# its start and rebuilds its resting orders).
+STATE_FORMAT = "projection-state-2"
 
 
 class _ProjectionState(msgspec.Struct, frozen=True, array_like=True):
     format: str
     filled: list[tuple[int, int]]
     assets_of: list[tuple[str, str, str]]
+    # (symbol, order_id, side, price, remaining) of every resting order; the level
+    # totals are recomputed from them on restore.
+    resting: list[tuple[str, int, int, int, int]]
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(_ProjectionState)
 
 
+class _Depth:
+    """One symbol's resting orders and the totals of its price levels, folded from its
+    engine.outputs. A level exists only while an order rests at it."""
+
+    __slots__ = ("orders", "levels")
+
+    def __init__(self) -> None:
+        # order_id -> [side, price, remaining lots]
+        self.orders: dict[int, list[int]] = {}
+        # levels[side][price] -> [resting lots, resting orders], both positive.
+        self.levels: tuple[dict[int, list[int]], dict[int, list[int]]] = ({}, {})
+
+
 class Projection:
     """The fold state the mapping needs beyond one event, and the mapping itself.
 
-    The state is each open order's filled quantity (events carry a fill, not the total)
-    and each symbol's assets (a trade names only its symbol). The projector rebuilds it
-    by folding its stream, from the start or from a saved ``snapshot``; the projected
-    rows are never read back. Everything else in a write comes from the event itself.
+    The state is each open order's filled quantity (events carry a fill, not the total),
+    each symbol's assets (a trade names only its symbol) and, from engine.outputs, each
+    symbol's resting orders and level totals (outputs carry an order's change, the depth
+    rows hold a level's total). The projector rebuilds it by folding its stream, from the
+    start or from a saved ``snapshot``; the projected rows are never read back. Everything
+    else in a write comes from the event itself.
     """
 
-    __slots__ = ("filled", "assets_of", "_buckets_written")
+    __slots__ = ("filled", "assets_of", "depth", "_buckets_written", "_fill_buckets_written")
 
     def __init__(self) -> None:
         # order_id -> lots filled so far, for orders not yet ended.
         self.filled: dict[int, int] = {}
         # symbol -> (base, quote), from SymbolListed: a trade names only its symbol.
         self.assets_of: dict[str, tuple[str, str]] = {}
+        # symbol -> its resting orders and levels, from engine.outputs.
+        self.depth: dict[str, _Depth] = {}
         # Bucket rows already written by this process: they are immutable, so writing
         # one again is pure cost. Grows with (user, asset) pairs and buckets in use.
         self._buckets_written: set[Row] = set()
+        # order_id -> the fill bucket last written for it, while the order is open (so
+        # this stays as small as the open orders); a restart writes one again, harmlessly.
+        self._fill_buckets_written: dict[int, int] = {}
 
     def snapshot(self) -> bytes:
         """The fold state, canonically encoded (sorted), for ``restore``."""
+        resting = sorted(
+            (symbol, order_id, side, price, remaining)
+            for symbol, depth in self.depth.items()
+            for order_id, (side, price, remaining) in depth.orders.items()
+        )
         state = _ProjectionState(
             STATE_FORMAT,
             sorted(self.filled.items()),
             sorted((name, base, quote) for name, (base, quote) in self.assets_of.items()),
+            resting,
         )
         return _STATE_ENCODER.encode(state)
 
@@ -501,7 +624,26 @@ class Projection:
         projection = cls()
         projection.filled = dict(state.filled)
         projection.assets_of = {name: (base, quote) for name, base, quote in state.assets_of}
+        for symbol, order_id, side, price, remaining in state.resting:
+            if side not in (0, 1) or price <= 0 or remaining <= 0:
+                raise ProjectionError(f"saved projector state: order {order_id} rests as {side, price, remaining}")
+            depth = projection._depth_of(symbol)
+            depth.orders[order_id] = [side, price, remaining]
+            level = depth.levels[side].setdefault(price, [0, 0])
+            level[0] += remaining
+            level[1] += 1
         return projection
+
+    def levels(self, symbol: str) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """The symbol's (price, lots, orders) per level, best first: (bids, asks)."""
+        depth = self.depth.get(symbol)
+        if depth is None:
+            return [], []
+        bids, asks = depth.levels
+        return (
+            [(price, qty, orders) for price, (qty, orders) in sorted(bids.items(), reverse=True)],
+            [(price, qty, orders) for price, (qty, orders) in sorted(asks.items())],
+        )
 
     def _bucket(self, writes: list[Row], row: LedgerBucketRow | SymbolTradeBucketRow | UserTradeBucketRow) -> None:
         if row not in self._buckets_written:
@@ -621,6 +763,7 @@ class Projection:
 
     def _end(self, writes: list[Row], user: int, order_id: int, status: OrderStatus, seq: int) -> None:
         filled = self.filled.pop(order_id, None)
+        self._fill_buckets_written.pop(order_id, None)
         if filled is None:
             # Not accepted in the events this projection has folded. The projector folds
             # from seq 1 or a saved state, so only direct use of Projection gets here.
@@ -706,10 +849,32 @@ class Projection:
         )
         self._bucket(writes, SymbolTradeBucketRow(symbol, trade_bucket))
         user_bucket = seq // BUCKET_SEQS
+        fill_buckets = self._fill_buckets_written
         for user, order_id, is_maker, side, fee in (
             (maker, maker_order, True, maker_side, e.maker_fee),
             (taker, taker_order, False, 1 - maker_side, e.taker_fee),
         ):
+            writes.append(
+                OrderFillRow(
+                    order_id,
+                    trade_bucket,
+                    trade_id,
+                    symbol,
+                    seq,
+                    e.engine_seq,
+                    user,
+                    is_maker,
+                    side,
+                    e.price,
+                    qty,
+                    e.base_amount,
+                    e.quote_amount,
+                    fee,
+                )
+            )
+            if fill_buckets.get(order_id) != trade_bucket:
+                fill_buckets[order_id] = trade_bucket
+                writes.append(OrderFillBucketRow(order_id, trade_bucket))
             writes.append(
                 UserTradeRow(
                     user,
@@ -751,22 +916,120 @@ class Projection:
 
     # -- engine.outputs -----------------------------------------------------------------
 
-    @staticmethod
-    def engine_output(output: EngineOutput, writes: list[Row]) -> None:
-        """Append the rows of one engine output (the engine's view of an order)."""
+    def engine_output(self, output: EngineOutput, writes: list[Row] | None) -> None:
+        """Fold one engine output into the symbol's depth and, if ``writes`` is a list,
+        append its rows: the engine's view of the order, and every level it changed."""
         match output:
+            case Trade():
+                self._depth_trade(output, writes)
             case OrderRested():
-                writes.append(OrderRestedRow(output.order_id, output.qty_remaining, output.seq))
-            case OrderCancelled() | OrderExpired() | OrderRejected():
-                # A cancel that lost the race with the order's end (UNKNOWN_ORDER) says nothing
-                # about the order, which ended otherwise; nor does a rejected reuse of its id.
-                if not isinstance(output, OrderRejected) or output.reason not in _NOT_AN_ORDER_END:
+                self._depth_rested(output, writes)
+                if writes is not None:
+                    writes.append(OrderRestedRow(output.order_id, output.qty_remaining, output.seq))
+            case OrderCancelled():
+                self._depth_cancelled(output, writes)
+                if writes is not None:
+                    writes.append(OrderEndedRow(output.order_id, output.reason, output.seq))
+            case OrderExpired() | OrderRejected():
+                # Neither touches the book: only an order that never rested expires or is
+                # rejected, and a rejected reuse of a resting order's id leaves it resting.
+                # A cancel that lost the race with the order's end (UNKNOWN_ORDER) says
+                # nothing about the order, which ended otherwise; nor does a rejected reuse.
+                if writes is not None and (
+                    not isinstance(output, OrderRejected) or output.reason not in _NOT_AN_ORDER_END
+                ):
                     writes.append(OrderEndedRow(output.order_id, output.reason, output.seq))
             case BookOpened():
-                pass  # the listing is projected from balance.events (SymbolListed)
-            case Trade():
-                # Trades are projected once, settled, from balance.events (with amounts and
-                # fees); the engine's copy adds nothing a reader needs.
-                pass
+                # The listing is projected from balance.events (SymbolListed).
+                self._depth_of(output.symbol)
             case _:  # pragma: no cover
                 raise TypeError(f"not an engine output: {type(output).__name__}")
+
+    def _depth_of(self, symbol: str) -> _Depth:
+        depth = self.depth.get(symbol)
+        if depth is None:
+            depth = self.depth[symbol] = _Depth()
+        return depth
+
+    def _level(
+        self, symbol: str, depth: _Depth, side: int, price: int, lots: int, orders: int, seq: int, writes: list[Row] | None
+    ) -> None:
+        """Add ``lots`` and ``orders`` (either may be negative) to a level, dropping it when
+        no order rests there, and append the level's new row or its delete."""
+        levels = depth.levels[side]
+        level = levels.get(price)
+        if level is None:
+            level = levels[price] = [0, 0]
+        level[0] += lots
+        level[1] += orders
+        rank = price if side == 0 else -price
+        if level[1] == 0:
+            # The callers checked the output against the resting orders first.
+            assert level[0] == 0, (symbol, side, price, level)
+            del levels[price]
+            if writes is not None:
+                writes.append(DepthLevelDelete(symbol, side, rank, seq))
+            return
+        assert level[0] > 0 and level[1] > 0, (symbol, side, price, level)
+        if writes is not None:
+            writes.append(DepthLevelRow(symbol, side, rank, price, level[0], level[1], seq))
+
+    def _depth_trade(self, t: Trade, writes: list[Row] | None) -> None:
+        # Check first: a failing output must leave the fold state as it was.
+        depth = self._depth_of(t.symbol)
+        orders = depth.orders
+        qty = t.qty
+        maker = orders.get(t.maker_order_id)
+        if maker is None or maker[0] != t.maker_side or maker[1] != t.price or not 0 < qty <= maker[2] or (
+            t.maker_done != (qty == maker[2])
+        ):
+            raise ProjectionError(
+                f"trade {t.trade_id} (engine seq {t.seq}) of {qty} at {t.price} against order {t.maker_order_id}, "
+                f"which rests as {maker} (side, price, lots; done {t.maker_done})"
+            )
+        # A taker rests only while it is being repriced (an amend): it gives up quantity at
+        # its old level, and its new state follows in OrderRested or OrderCancelled.
+        taker = orders.get(t.taker_order_id)
+        if taker is not None and (taker[0] == t.maker_side or qty > taker[2] or t.taker_done != (qty == taker[2])):
+            raise ProjectionError(f"trade {t.trade_id} (engine seq {t.seq}): repriced taker {t.taker_order_id} "
+                                  f"cannot give {qty}")
+        for order_id, order in ((t.maker_order_id, maker), (t.taker_order_id, taker)):
+            if order is None:
+                continue
+            order[2] -= qty
+            gone = order[2] == 0
+            if gone:
+                del orders[order_id]
+            self._level(t.symbol, depth, order[0], order[1], -qty, -1 if gone else 0, t.seq, writes)
+
+    def _depth_rested(self, r: OrderRested, writes: list[Row] | None) -> None:
+        depth = self._depth_of(r.symbol)
+        side, price, qty = int(r.side), r.price, r.qty_remaining
+        if price <= 0 or qty <= 0:
+            raise ProjectionError(f"order {r.order_id} rests with {qty} lots at price {price} (engine seq {r.seq})")
+        order = depth.orders.get(r.order_id)
+        if order is None:
+            depth.orders[r.order_id] = [side, price, qty]
+            self._level(r.symbol, depth, side, price, qty, 1, r.seq, writes)
+            return
+        # An order rests again only by an amend: a new quantity, a new price, or both.
+        if order[0] != side:
+            raise ProjectionError(f"order {r.order_id} rests again on the other side (engine seq {r.seq})")
+        if order[1] == price:
+            self._level(r.symbol, depth, side, price, qty - order[2], 0, r.seq, writes)
+        else:
+            self._level(r.symbol, depth, side, order[1], -order[2], -1, r.seq, writes)
+            self._level(r.symbol, depth, side, price, qty, 1, r.seq, writes)
+        order[1], order[2] = price, qty
+
+    def _depth_cancelled(self, c: OrderCancelled, writes: list[Row] | None) -> None:
+        depth = self._depth_of(c.symbol)
+        order = depth.orders.get(c.order_id)
+        if order is None:
+            return  # a taker cancelled by self-trade prevention before it rested
+        if order[2] != c.qty_remaining:
+            raise ProjectionError(
+                f"cancel of order {c.order_id} with {c.qty_remaining} lots, but {order[2]} rest (engine seq {c.seq})"
+            )
+        del depth.orders[c.order_id]
+        self._level(c.symbol, depth, order[0], order[1], -order[2], -1, c.seq, writes)

@@ -10,8 +10,8 @@ offsets are positions, not sequence numbers):
   restart the projector reads the stream from its last saved fold state (saved with the
   checkpoint every ``STATE_EVERY_EVENTS``), or from its start if there is none, and
   folds the events up to the checkpoint without writing: that rebuilds the little state
-  the mapping needs (each open order's filled quantity) from the log, never from the
-  projected rows.
+  the mapping needs (each open order's filled quantity; each symbol's resting orders and
+  level totals) from the log, never from the projected rows.
 * ``seq <= folded``: a duplicate, skipped. If its bytes differ from what was taken in
   (within the last ``DUPLICATE_WINDOW_EVENTS`` read by this process) it is a *conflict*;
   one older than that is counted as unverified.
@@ -65,7 +65,7 @@ REFETCH_BACKOFF_MS_FIRST = 50
 REFETCH_BACKOFF_MS_MAX = 2_000
 # The fold state is saved with the checkpoint every this many events of a stream, so a
 # restart reads on from there instead of from the stream's start (0: never). A state is
-# a few dozen bytes per open order.
+# a few dozen bytes per open order (balance stream) or resting order (engine stream).
 STATE_EVERY_EVENTS = 100_000
 # Pause between polls of sources that had nothing new, when following.
 FOLLOW_IDLE_MS = 20
@@ -395,8 +395,7 @@ class Projector:
                 else:
                     if source.symbol and item.symbol != source.symbol:
                         raise ProjectionError(f"an output of symbol {item.symbol} in the stream of {source.symbol}")
-                    if target is not None:
-                        projection.engine_output(item, target)
+                    projection.engine_output(item, target)
             except ProjectionError as error:
                 fault = self._fault(stream, FAULT_MALFORMED, seq, seq, f"{where} offset {offset}: {error}")
                 break

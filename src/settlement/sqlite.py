@@ -69,12 +69,18 @@ def _statement(row_type: type[Row]) -> _Statement:
     t = _q(table.name)
     conflict = f"ON CONFLICT ({', '.join(_q(c) for c in key)})"
     if issubclass(row_type, Delete):
-        # The tombstone takes the delete's version, the field after the key values.
+        # The tombstone takes the delete's version, the field after the key values. Like a
+        # CQL tombstone it removes only what is older: a key written again after it was
+        # deleted (a depth level that empties and fills again) stays when the older delete
+        # is re-applied. The live row's version is the column of the table's versioned row.
+        (version,) = {w.VERSION for w in ROW_TYPES if w.TABLE == row_type.TABLE and issubclass(w, VersionedRow)}
+        v = _q(version)
         names = ", ".join(_q(c) for c in key)
         marks = ", ".join("?" for _ in key)
         sql = (
             f"INSERT INTO {t} ({names}, {_DELETED}) VALUES ({marks}, ?) {conflict} DO UPDATE SET "
-            f"{_DELETED} = excluded.{_DELETED} WHERE {t}.{_DELETED} IS NULL OR excluded.{_DELETED} > {t}.{_DELETED}"
+            f"{_DELETED} = excluded.{_DELETED} WHERE ({t}.{_DELETED} IS NULL OR excluded.{_DELETED} > {t}.{_DELETED}) "
+            f"AND ({t}.{v} IS NULL OR excluded.{_DELETED} > {t}.{v})"
         )
         return _Statement(sql, varints)
     names = ", ".join(_q(c) for c in fields)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ledger.logs import layout
 from settlement.model import TABLES, Row, bucket_of
 
 # Fault kinds (the ``sequence_gaps.kind`` column).
@@ -30,6 +31,10 @@ KeyValue = int | str
 
 # How many rows one query page returns at most, whatever the caller asks.
 PAGE_ROWS_MAX = 1_000
+# Price levels per side a depth query returns by default, and at most: a reader wants
+# the top of the book, and a bounded answer keeps one query one small partition read.
+DEPTH_LEVELS_DEFAULT = 20
+DEPTH_LEVELS_MAX = 100
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -233,6 +238,45 @@ class Queries:
     def open_orders(self, user: int) -> list[dict[str, Any]]:
         """A user's open orders, newest first."""
         return self.store.rows("open_orders", {"user": user}, PAGE_ROWS_MAX)
+
+    def order_fills(
+        self, order_id: int, limit: int = 100, before_trade_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One order's fills, newest first (one row per trade it took part in, maker or
+        taker; ``fee`` is what this order paid). Page on with the last row's
+        ``trade_id`` as ``before_trade_id``. The fills' ``qty`` add up to the order's
+        ``filled_qty``."""
+        return self._paged(
+            "order_fill_buckets",
+            "order_fills",
+            {"order_id": order_id},
+            limit,
+            None if before_trade_id is None else (before_trade_id,),
+            None if before_trade_id is None else bucket_of(before_trade_id),
+        )
+
+    def depth(self, symbol: str, levels: int = DEPTH_LEVELS_DEFAULT) -> dict[str, Any]:
+        """The top ``levels`` price levels of each side of the symbol's book, best first:
+        ``{"bids": [...], "asks": [...], "engine_seq": n}``, each level ``{"price",
+        "qty", "orders"}`` (ticks, resting lots, resting orders).
+
+        ``engine_seq`` is the symbol's engine stream checkpoint, read before the levels:
+        they hold every output up to it. On a store that writes a commit's rows one by one
+        (CQL) they may also hold part of the commit after it; SQLite's commits are atomic,
+        so there they are exactly as of ``engine_seq``."""
+        if not 0 < levels <= DEPTH_LEVELS_MAX:
+            raise ValueError(f"depth of {symbol}: levels {levels} is not in 1..{DEPTH_LEVELS_MAX}")
+        checkpoint = self.store.checkpoint(layout.output_stream(symbol))
+        out: dict[str, Any] = {"engine_seq": checkpoint.seq if checkpoint else 0}
+        for name, side in (("bids", 0), ("asks", 1)):
+            rows = self.store.rows("depth_levels", {"symbol": symbol, "side": side}, levels)
+            found = [{"price": r["price"], "qty": r["qty"], "orders": r["orders"]} for r in rows]
+            # Best first (the clustering order); a stored level is never empty.
+            assert all(level["qty"] > 0 and level["orders"] > 0 for level in found), (symbol, name, found)
+            prices = [level["price"] for level in found]
+            assert prices == sorted(prices, reverse=side == 0), (symbol, name, prices)
+            out[name] = found
+        return out
 
     def order(self, order_id: int) -> dict[str, Any] | None:
         """One order: as accepted, its status and filled quantity, the engine's view."""
