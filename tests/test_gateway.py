@@ -34,6 +34,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -
                                      taker_fee_ppm=2_000)
         assert reply.status == 200, reply
         d.operator = operator  # type: ignore[attr-defined]
+        eventually(operator.health, lambda body: body["ok"] and body["projected_seq"] >= 3)
         yield d
     finally:
         d.stop()
@@ -44,8 +45,8 @@ def eventually(read: Callable[[], Reply], done: Callable[[Any], bool]) -> Any:
     deadline = time.monotonic() + SETTLE_S_MAX
     while True:
         reply = read()
-        assert reply.status == 200, reply
-        if done(reply.body):
+        assert reply.status in (200, 503), reply
+        if reply.status == 200 and done(reply.body):
             return reply.body
         assert time.monotonic() < deadline, reply.body
         time.sleep(0.05)

@@ -204,10 +204,25 @@ class Gateway:
             store = self._local.store = self._open_store()
         return store
 
+    def _read(self, work: Callable[[Any], Any]) -> Any:
+        from settlement.store import StoreError
+
+        try:
+            return work(self._store())
+        except StoreError as error:
+            # The projection is not there yet, or its connection broke: open it again
+            # on the next read.
+            store, self._local.store = getattr(self._local, "store", None), None
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
+            raise HttpError(503, "projection_unavailable", f"the projection cannot be read: {error}",
+                            retry_after_s=1.0) from None
+
     async def read(self, work: Callable[[Any], Any]) -> Any:
         """Run ``work(store)`` on a read thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: work(self._store()))
+        return await loop.run_in_executor(self._readers, self._read, work)
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
