@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,11 +76,11 @@ def test_the_reference_scenarios_through_http_with_decimal_strings(deployment: D
 
     buy = b.place_order("BTC-USDT", "buy", "0.5", "150").check()
     assert buy["locked"] == {"asset": "USDT", "amount": "75"}
-    done = eventually(lambda: b.order(buy["order_id"]), lambda body: body["status"] == "filled")
+    done = eventually(lambda: b.order(buy["order_id"], min_seq=buy["seq"]), lambda body: body["status"] == "filled")
     assert done["filled_qty"] == "0.5"
     (fill,) = done["fills"]
     assert (fill["price"], fill["qty"], fill["role"], fill["fee"]) == ("150", "0.5", "taker", "0.001")
-    maker = eventually(lambda: a.order(sell["order_id"]), lambda body: body["status"] == "filled")
+    maker = eventually(lambda: a.order(sell["order_id"], min_seq=sell["seq"]), lambda body: body["status"] == "filled")
     assert [(f["role"], f["fee"]) for f in maker["fills"]] == [("maker", "0.075")]
 
     assert a.balances(min_seq=done["seq"]).check()["balances"] == {
@@ -101,11 +102,11 @@ def test_the_reference_scenarios_through_http_with_decimal_strings(deployment: D
     rest = c.place_order("BTC-USDT", "sell", "0.01", "50000", client_order_id=3).check()
     assert rest["client_order_id"] == 3
     cross = c.place_order("BTC-USDT", "buy", "0.01", "50000", client_order_id=4).check()
-    eventually(lambda: c.order(cross["order_id"]), lambda body: body["status"] != "open")
+    eventually(lambda: c.order(cross["order_id"], min_seq=cross["seq"]), lambda body: body["status"] != "open")
     cancel = c.cancel_by_client_id(3).check()
     assert cancel["order_id"] == rest["order_id"]
     for order_id in (rest["order_id"], cross["order_id"]):
-        final = eventually(lambda o=order_id: c.order(o), lambda body: body["status"] != "open")
+        final = eventually(lambda o=order_id: c.order(o, min_seq=cancel["seq"]), lambda body: body["status"] != "open")
         assert (final["status"], final["filled_qty"], final["fills"]) == ("cancelled", "0", [])
     eventually(lambda: c.open_orders(), lambda body: body["open_orders"] == [])
     assert c.balances().check()["balances"] == {
@@ -121,3 +122,18 @@ def _add(x: str, y: str) -> str:
 
     total: Fraction = parse_decimal(x, "x") + parse_decimal(y, "y")
     return format_step(total)
+
+
+def test_the_example_session_runs_against_the_gateway(deployment: Deployment) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from gateway_quickstart import quickstart
+
+    user = _user()
+    operator, trader = deployment.key(operator=True), deployment.key(user)
+    seen = quickstart(deployment.url, operator, trader, user)
+    assert seen["deposit"]["amount"] == "1000.5"
+    assert seen["order"]["locked"] == {"asset": "USDT", "amount": "500"}
+    assert seen["balances"] == {"USDT": {"available": "500.5", "locked": "500"}}
+    assert seen["status"]["status"] == "open" and seen["cancel"]["order_id"] == seen["order"]["order_id"]
