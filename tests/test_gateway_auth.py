@@ -183,6 +183,20 @@ def test_a_key_anyone_could_sign_for_is_refused(public: str) -> None:
         verify(public, "01" + "00" * 63, b"anything")
 
 
+def test_the_documented_test_vector_holds() -> None:
+    """docs/gateway-auth.md gives implementers in other languages a vector to check against."""
+    doc = (ROOT / "docs" / "gateway-auth.md").read_text()
+    vector = dict(line.split(None, 1) for line in doc.split("Test vector")[1].split("```")[1].strip().splitlines()
+                  if not line.startswith("message"))
+    message_hex = doc.split("message (hex) ")[1].split()[0]
+    timestamp_ms, method, target = int(vector["timestamp"]), vector["method"], vector["target"]
+    body = vector["body"].encode()
+    assert public_key_of(vector["private"].split()[-1]) == vector["public"].split()[-1]
+    assert signed_message(timestamp_ms, method, target, body).hex() == message_hex
+    headers = sign(vector["private"].split()[-1], timestamp_ms, method, target, body)
+    assert headers[HEADER_SIGNATURE] == vector["signature"]
+
+
 _KEY = generate_key()
 _MESSAGE_PARTS = st.tuples(
     st.integers(0, 2**63 - 1),
@@ -228,11 +242,18 @@ def test_a_missing_header_is_refused(store: KeyStore, trader: tuple[ApiKey, str]
 
 
 def test_a_header_given_twice_is_refused(store: KeyStore, trader: tuple[ApiKey, str], clock: Clock) -> None:
+    from starlette.datastructures import Headers
+
     key, private = trader
+    auth = Authenticator(store, clock=clock)
     headers = _request(key, private, clock)
-    headers[HEADER_KEY.lower()] = headers[HEADER_KEY]
-    error = _refusal(Authenticator(store, clock=clock), headers)
+    twice = headers | {HEADER_KEY.lower(): headers[HEADER_KEY]}
+    assert _refusal(auth, twice).code == "duplicate_header"
+    # As the gateway sees them: Starlette's headers, one entry per copy sent.
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    error = _refusal(auth, Headers(raw=[*raw, raw[0]]))
     assert (error.status, error.code) == (401, "duplicate_header")
+    assert auth.authenticate("POST", PATH, Headers(raw=raw), BODY).user == 1001
 
 
 @pytest.mark.parametrize("key_id", ["k" + "0" * 20, "nonsense", "", "K" + "A" * 20])
