@@ -12,6 +12,7 @@ file (so a file with mode 000 is unreadable, as it is to everyone else).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -26,9 +27,12 @@ import pytest
 
 from ledger.app.cli import EXIT_CHECK_FAILED, EXIT_USAGE, main
 from ledger.app.demo import ORDERS_MAX, USERS_MAX, run_demo
+from ledger.app.gateway.keys import LABEL_CHARS_MAX, KeyStore
 from ledger.app.load import LOAD_COMMANDS_MAX, LOAD_USERS_MAX
+from ledger.client.signing import public_key_of
 from ledger.logs import layout
 from ledger.logs.file import FileLog, FsyncPolicy
+from ledger.protocol.limits import USER_ID_MAX
 from ledger.rebuild import replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +47,9 @@ DROP_READ_ANYTHING = [
     "--bounding-set=-dac_override,-dac_read_search",
 ]
 IN_PROCESS, SUBPROCESS, UNPRIVILEGED = "in-process", "subprocess", "unprivileged"
+# The scratch key store holds one key, revoked, under this id (ids are random otherwise).
+REVOKED_KEY_ID = "k" + "0" * 20
+REVOKED_PUBLIC_KEY = public_key_of("11" * 32)
 
 
 def _corrupt(directory: Path) -> None:
@@ -136,6 +143,12 @@ def _build_scratch(scratch: Path, elsewhere: Path) -> None:
     (scratch / "ops-file-deploy").mkdir()
     (scratch / "ops-file-deploy" / layout.OPERATIONS).write_text("not a log\n")
     shutil.copytree(scratch / "badheader", layout.events_dir(scratch / "badheader-deploy"))
+
+    # A gateway database holding one revoked key.
+    with KeyStore(scratch / "keys.db") as keys:
+        keys.revoke(keys.add(5, "trader", REVOKED_PUBLIC_KEY, "revoked").key_id)
+    with contextlib.closing(sqlite3.connect(scratch / "keys.db")) as db, db:
+        db.execute("UPDATE api_keys SET key_id = ?", (REVOKED_KEY_ID,))
     shutil.copytree(demo, scratch / "locked-deploy")
 
     # Unreadable to anyone but a process that may read anything.
@@ -190,6 +203,8 @@ NEW_DB = "sqlite:{S}/new.db"
 PROJ = "sqlite:{S}/proj.db"
 CRED_STORE = "cql://admin:S3cret@127.0.0.1:9042/ks"
 CRED_KAFKA = "admin:S3cret@127.0.0.1:9092"
+KEYS = "{S}/keys.db"
+NEW_KEYS = "{S}/new-keys.db"
 
 # (id, mode, exit code, argv)
 CASES: list[tuple[str, str, int, list[str]]] = [
@@ -469,6 +484,65 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("run-events-held-by-another-writer", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/locked-deploy"]),
     ("run-events-bad-segment", SUBPROCESS, 2, ["run", "ubscore", "--dir", "{S}/badheader-deploy"]),
     ("run-events-log-with-a-gap", SUBPROCESS, 1, ["run", "ubscore", "--dir", "{S}/gapped"]),
+    # -- keys: refused before the database is opened, or by a database that is not one
+    ("keys-no-action", IN_PROCESS, 2, ["keys"]),
+    ("keys-unknown-action", IN_PROCESS, 2, ["keys", "rotate"]),
+    ("keys-create-no-db", IN_PROCESS, 2, ["keys", "create", "--user", "1"]),
+    ("keys-create-db-empty-string", IN_PROCESS, 2, ["keys", "create", "--db", "", "--user", "1"]),
+    ("keys-create-no-user", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS]),
+    ("keys-create-user-0", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS, "--user", "0"]),
+    ("keys-create-user-negative", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS, "--user", "-1"]),
+    ("keys-create-user-not-a-number", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS, "--user", "bob"]),
+    ("keys-create-user-over-max", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS, "--user", str(USER_ID_MAX + 1)]),
+    ("keys-create-operator-user", IN_PROCESS, 2, ["keys", "create", "--db", NEW_KEYS, "--operator", "--user", "7"]),
+    (
+        "keys-create-label-newline",
+        IN_PROCESS,
+        2,
+        ["keys", "create", "--db", NEW_KEYS, "--user", "1", "--label", "two\nlines"],
+    ),
+    (
+        "keys-create-label-too-long",
+        IN_PROCESS,
+        2,
+        ["keys", "create", "--db", NEW_KEYS, "--user", "1", "--label", "x" * (LABEL_CHARS_MAX + 1)],
+    ),
+    ("keys-add-no-public-key", IN_PROCESS, 2, ["keys", "add", "--db", NEW_KEYS, "--user", "1"]),
+    ("keys-add-public-key-short", IN_PROCESS, 2, ["keys", "add", "--db", NEW_KEYS, "--user", "1", "--public-key", "a"]),
+    (
+        "keys-add-public-key-not-hex",
+        IN_PROCESS,
+        2,
+        ["keys", "add", "--db", NEW_KEYS, "--user", "1", "--public-key", "zz" * 32],
+    ),
+    (
+        "keys-add-public-key-small-order",
+        IN_PROCESS,
+        2,
+        ["keys", "add", "--db", NEW_KEYS, "--user", "1", "--public-key", "01" + "00" * 31],
+    ),
+    ("keys-revoke-no-key-id", IN_PROCESS, 2, ["keys", "revoke", "--db", KEYS]),
+    ("keys-list-no-db", IN_PROCESS, 2, ["keys", "list"]),
+    ("keys-create-db-is-a-dir", SUBPROCESS, 2, ["keys", "create", "--db", S, "--user", "1"]),
+    ("keys-create-db-not-a-db", SUBPROCESS, 2, ["keys", "create", "--db", "{S}/afile", "--user", "1"]),
+    ("keys-create-db-segment", SUBPROCESS, 2, ["keys", "create", "--db", f"{E}/{SEGMENT}", "--user", "1"]),
+    ("keys-create-db-no-parent", SUBPROCESS, 2, ["keys", "create", "--db", "{S}/nodir/k.db", "--user", "1"]),
+    (
+        "keys-add-public-key-registered-before",
+        SUBPROCESS,
+        2,
+        ["keys", "add", "--db", KEYS, "--user", "5", "--public-key", REVOKED_PUBLIC_KEY],
+    ),
+    ("keys-list-missing-db", SUBPROCESS, 2, ["keys", "list", "--db", "{S}/typo.db"]),
+    ("keys-list-empty-file", SUBPROCESS, 2, ["keys", "list", "--db", "{S}/empty.db"]),
+    ("keys-list-not-a-db", SUBPROCESS, 2, ["keys", "list", "--db", "{S}/afile"]),
+    ("keys-list-not-a-key-store", SUBPROCESS, 2, ["keys", "list", "--db", "{S}/other.db"]),
+    ("keys-list-dir", SUBPROCESS, 2, ["keys", "list", "--db", S]),
+    ("keys-revoke-missing-db", SUBPROCESS, 2, ["keys", "revoke", "--db", "{S}/typo.db", REVOKED_KEY_ID]),
+    ("keys-revoke-not-a-key-store", SUBPROCESS, 2, ["keys", "revoke", "--db", "{S}/other.db", REVOKED_KEY_ID]),
+    ("keys-revoke-unknown-key", SUBPROCESS, 2, ["keys", "revoke", "--db", KEYS, "k" + "f" * 20]),
+    ("keys-revoke-not-a-key-id", SUBPROCESS, 2, ["keys", "revoke", "--db", KEYS, "bogus"]),
+    ("keys-revoke-already-revoked", SUBPROCESS, 2, ["keys", "revoke", "--db", KEYS, REVOKED_KEY_ID]),
     # -- permissions: as a process that cannot read what it is not allowed to
     ("unreadable-segment", UNPRIVILEGED, 2, ["replay", "--log", "{S}/unreadable-seg"]),
     ("unreadable-directory", UNPRIVILEGED, 2, ["replay", "--log", "{S}/unreadable-dir"]),
@@ -484,6 +558,8 @@ CASES: list[tuple[str, str, int, list[str]]] = [
     ("project-store-read-only-dir", UNPRIVILEGED, 2, ["project", "--log", D, "--store", "sqlite:{S}/ro/x.db"]),
     ("demo-dir-read-only-parent", UNPRIVILEGED, 2, ["demo", "--dir", "{S}/ro/new", "--users", "20", "--orders", "10"]),
     ("run-events-unreadable", UNPRIVILEGED, 2, ["run", "ubscore", "--dir", "{S}/unreadable-deploy"]),
+    ("keys-create-read-only-dir", UNPRIVILEGED, 2, ["keys", "create", "--db", "{S}/ro/k.db", "--user", "1"]),
+    ("keys-list-unreadable-db", UNPRIVILEGED, 2, ["keys", "list", "--db", "{S}/unreadable.db"]),
 ]
 
 

@@ -38,6 +38,7 @@ def test_readme_python_blocks_run(capsys) -> None:
         "settlement",
         "settlement.store",
         "settlement.sqlite",
+        "ledger.client.signing",
     ],
 )
 def test_module_doctests(module: str) -> None:

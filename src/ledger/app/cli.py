@@ -1202,6 +1202,15 @@ def _key_store(path: str, create: bool) -> Any:
     return keys.KeyStore(file, create=create)
 
 
+@contextlib.contextmanager
+def _key_db_errors(path: str) -> Iterator[None]:
+    """An SQLite failure (a read-only file, a lock held too long) as a refusal naming the file."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise CliError(f"--db {path}: {error}") from None
+
+
 def _user_and_role(args: argparse.Namespace) -> tuple[int, str]:
     keys = _keys_module()
     if args.operator:
@@ -1239,14 +1248,11 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     user, role = _user_and_role(args)
     public_hex = getattr(args, "public_key", None)
     keys.check_new_key(user, role, args.label, public_hex)
-    store = _key_store(args.db, create=True)
-    try:
+    with _key_db_errors(args.db), _key_store(args.db, create=True) as store:
         if public_hex is None:
             key, private_hex = store.create(user, role, args.label)
         else:
             key, private_hex = store.add(user, role, public_hex, args.label), None
-    finally:
-        store.close()
     if args.json:
         record = msgspec.structs.asdict(key)
         if private_hex is not None:
@@ -1265,11 +1271,8 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
-    store = _key_store(args.db, create=False)
-    try:
+    with _key_db_errors(args.db), _key_store(args.db, create=False) as store:
         key = store.revoke(args.key_id)
-    finally:
-        store.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
     else:
@@ -1278,11 +1281,8 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    store = _key_store(args.db, create=False)
-    try:
+    with _key_db_errors(args.db), _key_store(args.db, create=False) as store:
         found = store.list()
-    finally:
-        store.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(found).decode() + "\n")
         return EXIT_OK

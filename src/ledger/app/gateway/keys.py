@@ -206,9 +206,9 @@ class KeyStore:
             return self._get(key_id)
 
     def list(self) -> builtins.list[ApiKey]:
-        """Every key, live and revoked, oldest first."""
+        """Every key, live and revoked, in the order they were registered."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_ms, key_id").fetchall()
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY rowid").fetchall()
         return [_row_key(row) for row in rows]
 
     def _get(self, key_id: str) -> ApiKey | None:
