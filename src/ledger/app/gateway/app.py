@@ -264,6 +264,8 @@ class Gateway:
                     raise HttpError(error.status, error.code, error.message,
                                     retry_after_s=getattr(error, "retry_after_s", None)) from None
                 return await handler(request, principal, body)
+            except AuthError as error:  # a role check in the handler
+                return _error(HttpError(error.status, error.code, error.message))
             except HttpError as error:
                 return _error(error)
             except BridgeError as error:
@@ -278,26 +280,29 @@ class Gateway:
 
     @staticmethod
     def _operator(principal: Any) -> None:
-        if principal.role != "operator":
-            raise HttpError(403, "forbidden", "only an operator key may do this")
+        from ledger.app.gateway.auth import require_operator
+
+        require_operator(principal)
 
     @staticmethod
     def _trader(principal: Any) -> int:
-        if principal.role != "trader":
-            raise HttpError(403, "forbidden", "orders are placed and cancelled with a trader key (its own account)")
+        """The account a trader key acts for (orders are placed with a trader key only)."""
+        from ledger.app.gateway.auth import require_user
+
+        require_user(principal, principal.user)
         return int(principal.user)
 
     @staticmethod
     def _account(principal: Any, request: Request) -> int:
         """The account a read is about: a trader's own; an operator names one (?user=)."""
+        from ledger.app.gateway.auth import require_reader
+
         asked = request.query_params.get("user")
-        if principal.role == "operator":
-            if asked is None:
-                raise HttpError(400, "missing_field", "an operator's read names the account: ?user=N", "user")
-            return _int_param(asked, "user", 0)  # 0: the fee account
-        if asked is not None and asked != str(principal.user):
-            raise HttpError(403, "forbidden", "a key reads only its own account")
-        return int(principal.user)
+        if principal.role == "operator" and asked is None:
+            raise HttpError(400, "missing_field", "an operator's read names the account: ?user=N", "user")
+        user = int(principal.user) if asked is None else _int_param(asked, "user", 0)  # 0: the fee account
+        require_reader(principal, user)
+        return user
 
     # -- decoding ---------------------------------------------------------------------
 
@@ -485,7 +490,7 @@ class Gateway:
         order_id = _path_id(request, "order_id")
         order = await self.read(lambda store: _order_row(store, order_id))
         if order is not None and order["user"] != user:
-            raise HttpError(403, "forbidden", f"order {order_id} is not this key's")
+            raise HttpError(403, "not_your_account", f"order {order_id} is not this key's")
         command = CancelOrder(user, 0, order_id, int(time.time() * 1000))
         return await self._command(request, body, principal, command)
 
@@ -677,8 +682,9 @@ class Gateway:
         order, fills = await self.read(load)
         if order is None:
             raise HttpError(404, "not_found", f"no order {order_id} in the projection (at seq {seq})")
-        if principal.role != "operator" and order["user"] != principal.user:
-            raise HttpError(403, "forbidden", f"order {order_id} is not this key's")
+        from ledger.app.gateway.auth import require_reader
+
+        require_reader(principal, order["user"])
         view = self._order_status_view(order)
         view["seq"] = seq
         symbol = order["symbol"]

@@ -65,6 +65,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.app.gateway.keys import ApiKey, KeyStore, KeyStoreError, Role
+from ledger.app.gateway.limits import RATE_BURST_DEFAULT, RATE_LIMIT_PER_S_DEFAULT, RECV_WINDOW_MS_DEFAULT
 from ledger.client.signing import (
     HEADER_KEY,
     HEADER_SIGNATURE,
@@ -78,12 +79,9 @@ from ledger.client.signing import (
 
 # Long enough for a client on a synchronised clock across a slow network (Binance's
 # default too), short enough that a captured request goes stale quickly.
-RECV_WINDOW_MS_DEFAULT = 5_000
 # The window bounds how long a signature must be remembered, so it has a ceiling.
 RECV_WINDOW_MS_MAX = 60_000
 # Per key: a trading bot's steady rate, and the burst it may send at once.
-RATE_LIMIT_PER_S_DEFAULT = 20.0
-RATE_BURST_DEFAULT = 40
 # Accepted requests remembered against replay, at most: 100k requests in a 5 s window is
 # far above what the exchange takes, and some 20 MB of memory.
 REPLAY_CACHE_MAX = 100_000

@@ -11,6 +11,6 @@ READ_WAIT_S_DEFAULT = 10.0
 HEALTH_LAG_MAX_DEFAULT = 10_000
 # A request's timestamp may be this far from the gateway's clock, either way.
 RECV_WINDOW_MS_DEFAULT = 5_000
-# Requests per second per key, and how many above that rate a key may send at once.
-RATE_LIMIT_PER_S_DEFAULT = 200.0
-RATE_BURST_DEFAULT = 400
+# Per key: a trading bot's steady rate, and the burst it may send at once.
+RATE_LIMIT_PER_S_DEFAULT = 20.0
+RATE_BURST_DEFAULT = 40
