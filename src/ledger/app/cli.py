@@ -847,9 +847,17 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
     config = GatewayConfig(args.answer_timeout_s, args.read_wait_s, args.health_lag_max)
     auth = {"recv_window_ms": args.recv_window_ms, "rate_per_s": args.rate_per_s, "burst": args.burst}
-    gateway = server.build(streams, db, store, config, auth)
     try:
-        server.serve(gateway, args.address, args.port)
+        sock = server.listen(args.address, args.port)
+    except OSError as error:
+        raise CliError(f"cannot listen on {args.address}:{args.port}: {error.strerror or error}") from None
+    try:
+        gateway = server.build(streams, db, store, config, auth)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        server.serve(gateway, sock)
     except OSError as error:
         raise CliError(f"gateway: {error}", EXIT_CHECK_FAILED) from None
     print(f"gateway: {gateway.bridge.sent_commands} commands sent, {gateway.bridge.answers_seen} answers seen")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +36,30 @@ def build(
     return gateway
 
 
-def serve(gateway: Gateway, address: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM (uvicorn's own handling: in-flight requests finish)."""
+def listen(address: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (``OSError`` if the
+    address is in use or not this host's)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(gateway: Gateway, sock: socket.socket) -> None:
+    """Serve on ``sock`` until SIGINT or SIGTERM (uvicorn's own handling: in-flight
+    requests finish)."""
     import uvicorn
 
-    config = uvicorn.Config(gateway.app, host=address, port=port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=10)
+    address, port = sock.getsockname()[:2]
+    config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
 
     original = server.startup
@@ -51,9 +71,14 @@ def serve(gateway: Gateway, address: str, port: int) -> None:
             sys.stderr.flush()
 
     server.startup = startup  # type: ignore[method-assign]
+    # uvicorn handles SIGINT and SIGTERM itself, then raises the signal again for the
+    # handler it found: make that one a no-op, so the process stops here, cleanly.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: None)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         gateway.bridge.close()
+        sock.close()
     if not server.started:
-        raise OSError(f"cannot listen on {address}:{port} (in use, or not an address of this host?)")
+        raise OSError(f"the server on {address}:{port} did not start")

@@ -1,0 +1,74 @@
+"""``ledger run gateway`` on the command line: one-line failures with documented exit
+codes, and a clean stop on SIGTERM (file logs, no server needed)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_support import _env, free_port, ledger
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Path:
+    root = tmp_path / "d"
+    root.mkdir()
+    done = ledger("run", "all", "--dir", str(root), "--fsync", "never", "--idle-exit-s", "0.5")
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def _one_line_failure(done: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert words in done.stderr, done.stderr
+
+
+def test_every_bad_start_is_one_line_and_exit_2(deployment: Path, tmp_path: Path) -> None:
+    store, db = f"sqlite:{deployment / 'projection.db'}", str(tmp_path / "g.db")
+    _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", "sqlite:nope.db", "--db", db),
+                      2, "no such database")
+    _one_line_failure(ledger("run", "gateway", "--dir", str(tmp_path / "none"), "--store", store, "--db", db),
+                      2, "no such directory")
+    _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", store,
+                             "--db", str(tmp_path / "no" / "g.db")), 2, "not a file in an existing directory")
+    _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", store, "--db", db,
+                             "--port", "0"), 2, "--port")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", store, "--db", db,
+                                 "--port", port), 2, "Address already in use")
+
+
+def test_the_gateway_serves_on_file_logs_and_stops_cleanly_on_sigterm(deployment: Path, tmp_path: Path) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "ledger.app.cli", "run", "gateway", "--dir", str(deployment), "--fsync", "never",
+            "--store", f"sqlite:{deployment / 'projection.db'}", "--db", str(tmp_path / "g.db"), "--port", str(port)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["ok"] is True, health.text
+        refused = httpx.post(f"http://127.0.0.1:{port}/v1/orders", content=b"{}", timeout=5)
+        assert refused.status_code == 401 and refused.json()["error"] == "missing_header"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/openapi.json", timeout=5).json()["openapi"] == "3.1.0"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "gateway: 0 commands sent" in out, out
