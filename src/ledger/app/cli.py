@@ -1314,21 +1314,23 @@ def _keys_parser(sub: Any) -> None:
         ("add", "register a public key the client generated (the recommended way: no secret leaves the client)"),
     ):
         np = actions.add_parser(name, help=text)
-        np.add_argument("--db", type=_nonempty, required=True, help=db_help)
-        np.add_argument("--user", type=_integer(0, USER_ID_MAX), help=f"the trader's user id (1..{USER_ID_MAX:,})")
+        np.add_argument("--db", type=_nonempty, required=True, metavar="PATH", help=db_help)
+        np.add_argument(
+            "--user", type=_integer(0, USER_ID_MAX), metavar="N", help=f"the trader's user id (1..{USER_ID_MAX:,})"
+        )
         np.add_argument("--operator", action="store_true", help="an operator key (funds, listings, reads any account)")
-        np.add_argument("--label", default="", help="a name for the key, shown in listings")
+        np.add_argument("--label", default="", metavar="TEXT", help="a name for the key, shown in listings")
         if name == "add":
             np.add_argument("--public-key", required=True, metavar="HEX", help="the Ed25519 public key, 64 hex digits")
         np.add_argument("--json", action="store_true", help="print the key as JSON")
         np.set_defaults(run=_cmd_keys_new)
     rp = actions.add_parser("revoke", help="revoke a key: the gateway refuses it within a second")
-    rp.add_argument("--db", type=_nonempty, required=True, help=db_help)
+    rp.add_argument("--db", type=_nonempty, required=True, metavar="PATH", help=db_help)
     rp.add_argument("key_id", metavar="KEY_ID", type=_nonempty)
     rp.add_argument("--json", action="store_true", help="print the revoked key as JSON")
     rp.set_defaults(run=_cmd_keys_revoke)
     lp = actions.add_parser("list", help="list every key, live and revoked (public keys only)")
-    lp.add_argument("--db", type=_nonempty, required=True, help=db_help)
+    lp.add_argument("--db", type=_nonempty, required=True, metavar="PATH", help=db_help)
     lp.add_argument("--json", action="store_true", help="print them as JSON")
     lp.set_defaults(run=_cmd_keys_list)
 
