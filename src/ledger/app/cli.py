@@ -728,6 +728,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             f"depth:        {report.depth_levels_checked:,} price levels of {report.depth_symbols_checked} symbols "
             "compared with a replay of their engine outputs"
         )
+        if report.depth_symbols_unchecked:
+            print(f"depth:        not compared (no engine log given): {', '.join(report.depth_symbols_unchecked)}")
         if report.ok:
             print("verify:       ok (no difference)")
         else:
