@@ -952,7 +952,14 @@ class Projection:
         return depth
 
     def _level(
-        self, symbol: str, depth: _Depth, side: int, price: int, lots: int, orders: int, seq: int,
+        self,
+        symbol: str,
+        depth: _Depth,
+        side: int,
+        price: int,
+        lots: int,
+        orders: int,
+        seq: int,
         writes: list[Row] | None,
     ) -> None:
         """Add ``lots`` and ``orders`` (either may be negative) to a level, dropping it when

@@ -712,7 +712,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         commands = _open_commands_log(args, stack)
         balance = sources[0]
         try:
-            report = verify_store(store, balance.log, balance.stream)
+            engine_logs = {s.symbol: s.log for s in sources if s.kind == "engine"}
+            report = verify_store(store, balance.log, balance.stream, engine_logs)
         except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
             raise CliError(f"the log cannot be replayed: {error}", EXIT_CHECK_FAILED) from None
         if commands is not None:
@@ -728,6 +729,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"log:          seq 1..{report.final_seq}; store checkpoint at seq {report.checkpoint_seq}")
         print(f"balances:     {report.balances_checked:,} (user, asset) pairs compared with a fresh replay")
         print(f"trades:       {report.trades_in_store:,} in the store, {report.trades_in_log:,} in the log")
+        print(f"fills:        {report.fills_in_store:,} in the store, {report.fills_in_log:,} in the log")
+        print(
+            f"depth:        {report.depth_levels_checked:,} price levels of {report.depth_symbols_checked} symbols "
+            "compared with a replay of their engine outputs"
+        )
+        if report.depth_symbols_unchecked:
+            print(f"depth:        not compared (no engine log given): {', '.join(report.depth_symbols_unchecked)}")
         if report.ok:
             print("verify:       ok (no difference)")
         else:
