@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import msgspec
 import pytest
 
-from gateway_support import Deployment
+from gateway_support import Deployment, reply_of, signed_request
 from ledger.client import Client, Reply
 from support import CASSANDRA_PORT, KAFKA_BOOTSTRAP
 
@@ -121,3 +123,228 @@ def _add(x: str, y: str) -> str:
 
     total: Fraction = parse_decimal(x, "x") + parse_decimal(y, "y")
     return format_step(total)
+
+
+# -- refusals: a bad request is a 4xx naming the problem, and nothing is sent -----------
+
+_DROP = object()
+_BTC_USDT = "BTC-USDT"  # lot 0.01 BTC, price step 1 USDT; BTC has 8 decimals, USDT 6
+
+
+def _order(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"symbol": _BTC_USDT, "side": "buy", "qty": "0.01", "price": "150"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+def _funds(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"user": 5, "asset": "BTC", "amount": "1"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+def _symbol(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": "BTC-USDT2", "base": "BTC", "quote": "USDT", "lot": "0.01", "price_step": "1"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+class Bad(msgspec.Struct, frozen=True):
+    """A request the gateway must refuse before sending anything: who signs it
+    (``trader`` or ``operator``), what is sent (``body`` bytes as they are, anything else
+    as JSON, None for none), and the answer expected (``says``: words the message holds)."""
+
+    who: str
+    method: str
+    path: str
+    body: Any
+    status: int
+    error: str
+    field: str | None = None
+    headers: dict[str, str] = {}
+    says: str = ""
+
+
+def _bad(id: str, *args: Any, **kwargs: Any) -> Any:
+    return pytest.param(Bad(*args, **kwargs), id=id)
+
+
+_T, _O = "trader", "operator"
+BAD_REQUESTS = [
+    # Not a JSON object of the schema.
+    _bad("truncated-json", _T, "POST", "/v1/orders", b'{"symbol": ', 400, "malformed_json"),
+    _bad("form-encoded", _T, "POST", "/v1/orders", b"symbol=BTC-USDT&side=buy&qty=0.01", 400, "malformed_json",
+         headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    _bad("not-utf8", _T, "POST", "/v1/orders", b"\xff\xfe{}", 400, "malformed_json"),
+    _bad("empty-body", _T, "POST", "/v1/orders", b"", 400, "malformed_json"),
+    _bad("list-body", _T, "POST", "/v1/orders", [_order()], 400, "invalid_field", says="array"),
+    _bad("string-body", _O, "POST", "/v1/deposits", "deposit", 400, "invalid_field"),
+    _bad("null-body", _O, "POST", "/v1/deposits", b"null", 400, "invalid_field"),
+    _bad("oversized-body", _T, "POST", "/v1/orders", b'{"symbol": "' + b"X" * 5000 + b'"}', 413, "body_too_large",
+         says="4096"),
+    _bad("unknown-field", _T, "POST", "/v1/orders", _order(colour="red"), 400, "unknown_field", "$.colour"),
+    _bad("missing-symbol", _T, "POST", "/v1/orders", _order(symbol=_DROP), 400, "missing_field", "$.symbol"),
+    _bad("missing-qty", _T, "POST", "/v1/orders", _order(qty=_DROP), 400, "missing_field", "$.qty"),
+    # Quantities and prices.
+    _bad("negative-qty", _T, "POST", "/v1/orders", _order(qty="-0.01"), 400, "invalid_amount", "$.qty"),
+    _bad("zero-qty", _T, "POST", "/v1/orders", _order(qty="0"), 400, "invalid_amount", "$.qty", says="more than zero"),
+    _bad("zero-qty-with-point", _T, "POST", "/v1/orders", _order(qty="0.000"), 400, "invalid_amount", "$.qty"),
+    _bad("huge-qty", _T, "POST", "/v1/orders", _order(qty="9" * 70), 400, "invalid_amount", "$.qty", says="lots"),
+    _bad("too-long-qty", _T, "POST", "/v1/orders", _order(qty="1" * 81), 400, "invalid_field", "$.qty"),
+    _bad("non-numeric-qty", _T, "POST", "/v1/orders", _order(qty="lots"), 400, "invalid_amount", "$.qty"),
+    _bad("json-number-qty", _T, "POST", "/v1/orders", _order(qty=0.01), 400, "invalid_field", "$.qty"),
+    _bad("json-integer-qty", _T, "POST", "/v1/orders", _order(qty=1), 400, "invalid_field", "$.qty"),
+    _bad("exponent-qty", _T, "POST", "/v1/orders", _order(qty="1e-2"), 400, "invalid_amount", "$.qty"),
+    _bad("unicode-digits-qty", _T, "POST", "/v1/orders", _order(qty="\u0661"), 400, "invalid_amount", "$.qty"),
+    _bad("spaced-qty", _T, "POST", "/v1/orders", _order(qty=" 0.01"), 400, "invalid_amount", "$.qty"),
+    _bad("underscored-qty", _T, "POST", "/v1/orders", _order(qty="1_0"), 400, "invalid_amount", "$.qty"),
+    _bad("bare-point-qty", _T, "POST", "/v1/orders", _order(qty=".5"), 400, "invalid_amount", "$.qty"),
+    _bad("qty-not-whole-lots", _T, "POST", "/v1/orders", _order(qty="0.015"), 400, "invalid_amount", "$.qty",
+         says="lots of 0.01 BTC"),
+    _bad("qty-over-precise", _T, "POST", "/v1/orders", _order(qty="0.000000001"), 400, "invalid_amount", "$.qty"),
+    _bad("price-not-whole-ticks", _T, "POST", "/v1/orders", _order(price="150.5"), 400, "invalid_amount", "$.price",
+         says="price steps of 1 USDT"),
+    _bad("negative-price", _T, "POST", "/v1/orders", _order(price="-150"), 400, "invalid_amount", "$.price"),
+    _bad("huge-price", _T, "POST", "/v1/orders", _order(price="9" * 40), 400, "invalid_amount", "$.price"),
+    _bad("json-number-price", _T, "POST", "/v1/orders", _order(price=150), 400, "invalid_field", "$.price"),
+    # The order's shape.
+    _bad("unknown-symbol", _T, "POST", "/v1/orders", _order(symbol="ETH-USDT"), 400, "unknown_symbol", "$.symbol"),
+    _bad("bool-side", _T, "POST", "/v1/orders", _order(side=True), 400, "invalid_field", "$.side"),
+    _bad("unknown-side", _T, "POST", "/v1/orders", _order(side="long"), 400, "invalid_field", "$.side"),
+    _bad("unknown-type", _T, "POST", "/v1/orders", _order(type="stop"), 400, "invalid_field", "$.type"),
+    _bad("limit-without-price", _T, "POST", "/v1/orders", _order(price=_DROP), 400, "missing_field", "$.price"),
+    _bad("limit-with-budget", _T, "POST", "/v1/orders", _order(quote_budget="10"), 400, "invalid_field",
+         "$.quote_budget"),
+    _bad("market-with-price", _T, "POST", "/v1/orders", _order(type="market", side="sell"), 400, "invalid_field",
+         "$.price"),
+    _bad("market-buy-without-budget", _T, "POST", "/v1/orders", _order(type="market", price=_DROP), 400,
+         "missing_field", "$.quote_budget"),
+    _bad("market-sell-with-budget", _T, "POST", "/v1/orders",
+         _order(type="market", side="sell", price=_DROP, quote_budget="10"), 400, "invalid_field", "$.quote_budget"),
+    _bad("market-budget-over-precise", _T, "POST", "/v1/orders",
+         _order(type="market", price=_DROP, quote_budget="0.0000001"), 400, "invalid_amount", "$.quote_budget",
+         says="6 decimals"),
+    _bad("market-gtc", _T, "POST", "/v1/orders", _order(type="market", price=_DROP, quote_budget="10", tif="gtc"),
+         400, "invalid_field", "$.tif"),
+    _bad("unknown-tif", _T, "POST", "/v1/orders", _order(tif="day"), 400, "invalid_field", "$.tif"),
+    _bad("unknown-stp", _T, "POST", "/v1/orders", _order(stp="allow"), 400, "invalid_field", "$.stp"),
+    _bad("string-client-order-id", _T, "POST", "/v1/orders", _order(client_order_id="7"), 400, "invalid_field",
+         "$.client_order_id"),
+    _bad("zero-client-order-id", _T, "POST", "/v1/orders", _order(client_order_id=0), 400, "invalid_field",
+         "$.client_order_id"),
+    _bad("client-order-id-in-gateway-range", _T, "POST", "/v1/orders", _order(client_order_id=2**62), 400,
+         "invalid_field", "$.client_order_id"),
+    _bad("idempotency-key-too-long", _T, "POST", "/v1/orders", _order(), 400, "invalid_idempotency_key",
+         headers={"Idempotency-Key": "k" * 65}),
+    _bad("idempotency-key-empty", _T, "POST", "/v1/orders", _order(), 400, "invalid_idempotency_key",
+         headers={"Idempotency-Key": ""}),
+    _bad("idempotency-key-tab", _T, "POST", "/v1/orders", _order(), 400, "invalid_idempotency_key",
+         headers={"Idempotency-Key": "a\tb"}),
+    # Funds.
+    _bad("deposit-to-user-0", _O, "POST", "/v1/deposits", _funds(user=0), 400, "invalid_field", "$.user"),
+    _bad("deposit-to-negative-user", _O, "POST", "/v1/deposits", _funds(user=-5), 400, "invalid_field", "$.user"),
+    _bad("deposit-to-string-user", _O, "POST", "/v1/deposits", _funds(user="5"), 400, "invalid_field", "$.user"),
+    _bad("deposit-to-user-beyond-int64", _O, "POST", "/v1/deposits", _funds(user=2**63), 400, "invalid_field",
+         "$.user"),
+    _bad("deposit-over-precise", _O, "POST", "/v1/deposits", _funds(amount="0.000000001"), 400, "invalid_amount",
+         "$.amount", says="8 decimals"),
+    _bad("deposit-zero", _O, "POST", "/v1/deposits", _funds(amount="0"), 400, "invalid_amount", "$.amount"),
+    _bad("deposit-negative", _O, "POST", "/v1/deposits", _funds(amount="-1"), 400, "invalid_amount", "$.amount"),
+    _bad("deposit-huge", _O, "POST", "/v1/deposits", _funds(amount="9" * 60), 400, "invalid_amount", "$.amount",
+         says="largest amount"),
+    _bad("deposit-json-number", _O, "POST", "/v1/deposits", _funds(amount=1.5), 400, "invalid_field", "$.amount"),
+    _bad("deposit-unknown-asset", _O, "POST", "/v1/deposits", _funds(asset="DOGE"), 400, "unknown_asset",
+         "$.asset"),
+    _bad("withdraw-exponent", _O, "POST", "/v1/withdrawals", _funds(amount="1e3"), 400, "invalid_amount",
+         "$.amount"),
+    _bad("withdraw-missing-user", _O, "POST", "/v1/withdrawals", _funds(user=_DROP), 400, "missing_field", "$.user"),
+    # Listings.
+    _bad("asset-decimals-too-many", _O, "POST", "/v1/assets", {"code": "ZZZ", "decimals": 99}, 400, "invalid_field",
+         "$.decimals"),
+    _bad("asset-decimals-string", _O, "POST", "/v1/assets", {"code": "ZZZ", "decimals": "8"}, 400, "invalid_field",
+         "$.decimals"),
+    _bad("asset-empty-code", _O, "POST", "/v1/assets", {"code": "", "decimals": 2}, 400, "invalid_field", "$.code"),
+    _bad("symbol-lot-not-exact", _O, "POST", "/v1/symbols", _symbol(lot="0.000000001"), 400, "invalid_amount",
+         "$.lot"),
+    _bad("symbol-lot-zero", _O, "POST", "/v1/symbols", _symbol(lot="0"), 400, "invalid_amount", "$.lot"),
+    _bad("symbol-price-step-not-exact", _O, "POST", "/v1/symbols", _symbol(price_step="0.0000001"), 400,
+         "invalid_amount", "$.price_step"),
+    _bad("symbol-unknown-base", _O, "POST", "/v1/symbols", _symbol(base="DOGE"), 400, "unknown_asset", "$.base"),
+    _bad("symbol-negative-fee", _O, "POST", "/v1/symbols", _symbol(maker_fee_ppm=-1), 400, "invalid_field",
+         "$.maker_fee_ppm"),
+    # Reads, routes and path ids.
+    _bad("min-seq-not-a-number", _T, "GET", "/v1/balances?min_seq=abc", None, 400, "invalid_field", "min_seq"),
+    _bad("min-seq-negative", _T, "GET", "/v1/balances?min_seq=-1", None, 400, "invalid_field", "min_seq"),
+    _bad("operator-read-without-user", _O, "GET", "/v1/balances", None, 400, "missing_field", "user"),
+    _bad("ledger-of-unknown-asset", _T, "GET", "/v1/ledger/DOGE", None, 400, "unknown_asset", "path"),
+    _bad("depth-of-unknown-symbol", _T, "GET", "/v1/symbols/ETH-USDT/depth", None, 404, "unknown_symbol"),
+    _bad("depth-zero-levels", _T, "GET", "/v1/symbols/BTC-USDT/depth?levels=0", None, 400, "invalid_field",
+         "levels"),
+    _bad("trades-limit-too-big", _T, "GET", "/v1/trades?limit=100000", None, 400, "invalid_field", "limit"),
+    _bad("no-such-route", _T, "GET", "/v1/nothing", None, 404, "not_found"),
+    _bad("method-not-allowed", _T, "PUT", "/v1/orders", _order(), 405, "method_not_allowed"),
+    _bad("cancel-order-0", _T, "DELETE", "/v1/orders/0", None, 400, "invalid_field", "path"),
+    _bad("cancel-order-beyond-int64", _T, "DELETE", f"/v1/orders/{2**64}", None, 400, "invalid_field", "path"),
+    _bad("cancel-client-id-in-gateway-range", _T, "DELETE", f"/v1/orders/by-client-id/{2**62}", None, 400,
+         "invalid_field", "path"),
+    _bad("request-0", _T, "GET", "/v1/requests/0", None, 400, "invalid_field", "path"),
+]
+
+
+@pytest.fixture(scope="module")
+def signers(deployment: Deployment) -> dict[str, tuple[str, str]]:
+    """A trader's and an operator's key (id, private), for raw signed requests."""
+    return {_T: deployment.key(_user()), _O: deployment.key(operator=True)}
+
+
+def _content(body: Any) -> bytes:
+    if body is None:
+        return b""
+    return body if isinstance(body, bytes) else msgspec.json.encode(body)
+
+
+def _assert_error(reply: Reply, status: int, error: str, field: str | None = None, says: str = "") -> None:
+    assert reply.status == status, reply
+    assert isinstance(reply.body, dict) and set(reply.body) <= {"error", "message", "field", "retry_after_s"}, reply
+    assert reply.body["error"] == error, reply
+    assert isinstance(reply.body["message"], str) and reply.body["message"], reply
+    assert reply.body.get("field") == field, reply
+    assert says in reply.body["message"], reply
+
+
+@pytest.mark.parametrize("bad", BAD_REQUESTS)
+def test_a_bad_request_is_refused_naming_the_problem_and_nothing_is_sent(
+    deployment: Deployment, signers: dict[str, tuple[str, str]], bad: Bad
+) -> None:
+    end = deployment.commands_end()
+    headers = {"Content-Type": "application/json", **bad.headers} if bad.body is not None else bad.headers
+    reply = deployment.send(signers[bad.who], bad.method, bad.path, _content(bad.body), headers)
+    _assert_error(reply, bad.status, bad.error, bad.field, bad.says)
+    assert deployment.commands_end() == end
+
+
+def test_the_table_of_bad_requests_sent_nothing_at_all(deployment: Deployment,
+                                                      signers: dict[str, tuple[str, str]]) -> None:
+    """Once more, the whole table at once and the end of balance.operations before and
+    after (each case checks its own request too)."""
+    end = deployment.commands_end()
+    for param in BAD_REQUESTS:
+        (bad,) = param.values
+        headers = {"Content-Type": "application/json", **bad.headers} if bad.body is not None else bad.headers
+        assert deployment.send(signers[bad.who], bad.method, bad.path, _content(bad.body), headers).status == bad.status
+    assert deployment.commands_end() == end
+
+
+def test_an_oversized_body_streamed_without_a_length_is_refused(deployment: Deployment,
+                                                                signers: dict[str, tuple[str, str]]) -> None:
+    end = deployment.commands_end()
+    content = msgspec.json.encode(_order(symbol="X" * 5000))
+    request = signed_request(deployment.url, signers[_T], "POST", "/v1/orders", content)
+    chunked = httpx.Request("POST", request.url, headers={k: v for k, v in request.headers.items()
+                                                          if k.lower() != "content-length"},
+                            content=iter([content[:1000], content[1000:]]))
+    assert "content-length" not in chunked.headers
+    with httpx.Client(timeout=30) as http:
+        reply = reply_of(http.send(chunked))
+    _assert_error(reply, 413, "body_too_large")
+    assert deployment.commands_end() == end
