@@ -15,8 +15,9 @@ import httpx
 import msgspec
 import pytest
 
-from gateway_support import Deployment, reply_of, signed_request
+from gateway_support import Deployment, ledger, reply_of, signed_request
 from ledger.client import Client, Reply
+from ledger.client.signing import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, generate_key
 from support import CASSANDRA_PORT, KAFKA_BOOTSTRAP
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cassandra]
@@ -348,3 +349,185 @@ def test_an_oversized_body_streamed_without_a_length_is_refused(deployment: Depl
         reply = reply_of(http.send(chunked))
     _assert_error(reply, 413, "body_too_large")
     assert deployment.commands_end() == end
+
+
+# -- attacks: 401 or 403, and nothing is sent --------------------------------------------
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _deposit_body() -> bytes:
+    return msgspec.json.encode({"user": _user(), "asset": "BTC", "amount": "1"})
+
+
+def _no_headers(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    return httpx.Request("POST", d.url + "/v1/deposits", content=_deposit_body())
+
+
+def _unknown_key(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    private, _ = generate_key()
+    return signed_request(d.url, (f"k{uuid.uuid4().hex[:20]}", private), "POST", "/v1/deposits", _deposit_body())
+
+
+def _key_id_of_another_form(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    request = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    request.headers[HEADER_KEY] = "operator"
+    return request
+
+
+def _signed_by_another_key(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    private, _ = generate_key()
+    return signed_request(d.url, (key[0], private), "POST", "/v1/deposits", _deposit_body())
+
+
+def _bad_signature(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    request = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    signature = request.headers[HEADER_SIGNATURE]
+    request.headers[HEADER_SIGNATURE] = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+    return request
+
+
+def _signature_of_another_body(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    signed = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    return httpx.Request("POST", signed.url, headers=signed.headers, content=_deposit_body())
+
+
+def _signature_of_another_path(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    body = _deposit_body()
+    signed = signed_request(d.url, key, "POST", "/v1/withdrawals", body)
+    return httpx.Request("POST", d.url + "/v1/deposits", headers=signed.headers, content=body)
+
+
+def _stale(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    # Past the 5 s receive window, yet after the gateway started (not "signed before start").
+    time.sleep(max(0.0, d.gateway_ready_s + 5.7 - time.time()))
+    return signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body(), timestamp_ms=_now_ms() - 5_500)
+
+
+def _signed_before_start(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    return signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body(), timestamp_ms=_now_ms() - 3_600_000)
+
+
+def _future(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    return signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body(), timestamp_ms=_now_ms() + 60_000)
+
+
+def _malformed_timestamp(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    request = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    request.headers[HEADER_TIMESTAMP] = "0" + request.headers[HEADER_TIMESTAMP]
+    return request
+
+
+def _malformed_signature(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    request = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    request.headers[HEADER_SIGNATURE] = request.headers[HEADER_SIGNATURE].upper()
+    return request
+
+
+def _duplicate_key_header(d: Deployment, key: tuple[str, str]) -> httpx.Request:
+    signed = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
+    headers = [*signed.headers.multi_items(), (HEADER_KEY, key[0])]
+    return httpx.Request("POST", signed.url, headers=headers, content=signed.content)
+
+
+ATTACKS = [
+    pytest.param(_no_headers, "missing_header", id="no-key-headers"),
+    pytest.param(_unknown_key, "unknown_key", id="unknown-key-id"),
+    pytest.param(_key_id_of_another_form, "unknown_key", id="key-id-of-another-form"),
+    pytest.param(_signed_by_another_key, "bad_signature", id="signed-by-another-key"),
+    pytest.param(_bad_signature, "bad_signature", id="bad-signature"),
+    pytest.param(_signature_of_another_body, "bad_signature", id="signature-of-another-body"),
+    pytest.param(_signature_of_another_path, "bad_signature", id="signature-of-another-path"),
+    pytest.param(_stale, "stale_timestamp", id="stale-timestamp"),
+    pytest.param(_signed_before_start, "signed_before_start", id="signed-before-the-gateway-started"),
+    pytest.param(_future, "future_timestamp", id="future-timestamp"),
+    pytest.param(_malformed_timestamp, "malformed_timestamp", id="timestamp-with-a-leading-zero"),
+    pytest.param(_malformed_signature, "malformed_signature", id="upper-case-signature"),
+    pytest.param(_duplicate_key_header, "duplicate_header", id="key-header-twice"),
+]
+
+
+@pytest.mark.parametrize(("attack", "code"), ATTACKS)
+def test_a_request_not_signed_by_a_live_key_now_is_401_and_sends_nothing(
+    deployment: Deployment, signers: dict[str, tuple[str, str]], attack: Callable[..., httpx.Request], code: str
+) -> None:
+    end = deployment.commands_end()
+    request = attack(deployment, signers[_O])
+    with httpx.Client(timeout=30) as http:
+        reply = reply_of(http.send(request))
+    _assert_error(reply, 401, code)
+    assert deployment.commands_end() == end
+
+
+def test_a_replayed_request_is_refused_and_has_one_effect(deployment: Deployment,
+                                                        signers: dict[str, tuple[str, str]]) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user = _user()
+    request = signed_request(deployment.url, signers[_O], "POST", "/v1/deposits",
+                             msgspec.json.encode({"user": user, "asset": "BTC", "amount": "0.3"}),
+                             {"Content-Type": "application/json"})
+    with httpx.Client(timeout=30) as http:
+        first = reply_of(http.send(request))
+        assert first.status == 200, first
+        end = deployment.commands_end()
+        for _ in range(2):
+            _assert_error(reply_of(http.send(request)), 401, "replayed")
+    assert deployment.commands_end() == end
+    balances = operator.balances(user=user, min_seq=first.body["seq"]).check()["balances"]
+    assert balances == {"BTC": {"available": "0.3", "locked": "0"}}
+
+
+def test_a_trader_acts_on_and_reads_only_its_own_account(deployment: Deployment) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    a_user, b_user = _user(), _user()
+    a, b = deployment.client(a_user), deployment.client(b_user)
+    operator.deposit(b_user, "BTC", "1").check()
+    rest = b.place_order(_BTC_USDT, "sell", "0.01", "90000", client_order_id=11).check()
+    order_id = rest["order_id"]
+    eventually(lambda: b.order(order_id), lambda body: body["status"] == "open")
+
+    end = deployment.commands_end()
+    _assert_error(a.cancel(order_id), 403, "forbidden")
+    _assert_error(a.order(order_id), 403, "forbidden")
+    _assert_error(a.balances(user=b_user), 403, "forbidden")
+    _assert_error(a.open_orders(user=b_user), 403, "forbidden")
+    _assert_error(a.trades(user=b_user), 403, "forbidden")
+    _assert_error(a.ledger("BTC", user=b_user), 403, "forbidden")
+    assert deployment.commands_end() == end
+    assert b.order(order_id).check()["status"] == "open"
+    assert b.balances().check()["balances"]["BTC"] == {"available": "0.99", "locked": "0.01"}
+    b.cancel(order_id).check()
+    eventually(lambda: b.order(order_id), lambda body: body["status"] == "cancelled")
+
+
+def test_a_trader_moves_no_funds_and_lists_nothing_an_operator_trades_not(deployment: Deployment) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user = _user()
+    trader = deployment.client(user)
+    end = deployment.commands_end()
+    _assert_error(trader.deposit(user, "BTC", "1"), 403, "forbidden")
+    _assert_error(trader.withdraw(user, "BTC", "1"), 403, "forbidden")
+    _assert_error(trader.list_asset("ZZZ", 2), 403, "forbidden")
+    _assert_error(trader.list_symbol("BTC-ZZZ", "BTC", "USDT", "0.01", "1"), 403, "forbidden")
+    _assert_error(operator.place_order(_BTC_USDT, "buy", "0.01", "150"), 403, "forbidden")
+    _assert_error(operator.cancel(1), 403, "forbidden")
+    _assert_error(operator.cancel_by_client_id(1), 403, "forbidden")
+    assert deployment.commands_end() == end
+
+
+def test_a_revoked_key_is_refused_within_the_key_cache_time(deployment: Deployment) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user = _user()
+    key_id, private = deployment.key(user)
+    trader = Client(deployment.url, key_id, private)
+    operator.deposit(user, "USDT", "100").check()
+    assert trader.balances().status == 200
+    done = ledger("keys", "revoke", "--db", str(deployment.db), key_id)
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.2)  # the gateway re-reads a key after KEY_CACHE_S (1 s)
+    end = deployment.commands_end()
+    _assert_error(trader.balances(), 401, "revoked_key")
+    _assert_error(trader.place_order(_BTC_USDT, "buy", "0.01", "150"), 401, "revoked_key")
+    assert deployment.commands_end() == end
+    assert operator.balances(user=user).check()["balances"]["USDT"] == {"available": "100", "locked": "0"}
