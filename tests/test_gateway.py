@@ -6,6 +6,10 @@ One deployment is shared by the module (each test uses accounts of its own)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -531,3 +535,171 @@ def test_a_revoked_key_is_refused_within_the_key_cache_time(deployment: Deployme
     _assert_error(trader.place_order(_BTC_USDT, "buy", "0.01", "150"), 401, "revoked_key")
     assert deployment.commands_end() == end
     assert operator.balances(user=user).check()["balances"]["USDT"] == {"available": "100", "locked": "0"}
+
+
+# -- retries: one effect, the original answer -------------------------------------------
+
+CONCURRENT_RETRIES = 20
+
+
+def _send_all(requests: list[httpx.Request]) -> list[Reply | BaseException]:
+    """Send every request at once; a reply, or the error a request met."""
+    async def run() -> list[Reply | BaseException]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=len(requests))) as http:
+            async def one(request: httpx.Request) -> Reply:
+                return reply_of(await http.send(request))
+
+            return await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def _same_requests(d: Deployment, key: tuple[str, str], path: str, body: dict[str, Any], idempotency_key: str,
+                   copies: int) -> list[httpx.Request]:
+    """``copies`` of one request under one idempotency key, each signed at its own
+    millisecond (two signatures of the very same bytes would be one request replayed)."""
+    now = _now_ms()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+    return [signed_request(d.url, key, "POST", path, msgspec.json.encode(body), headers, timestamp_ms=now + i)
+            for i in range(copies)]
+
+
+def _without_retry(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "retry"}
+
+
+def test_one_idempotency_key_sent_at_once_and_again_is_one_deposit(
+    deployment: Deployment, signers: dict[str, tuple[str, str]]
+) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user, key = _user(), f"dep-{uuid.uuid4().hex}"
+    body = {"user": user, "asset": "BTC", "amount": "0.7"}
+    end = deployment.commands_end()
+    replies = _send_all(_same_requests(deployment, signers[_O], "/v1/deposits", body, key, CONCURRENT_RETRIES))
+    assert all(isinstance(r, Reply) and r.status == 200 for r in replies), replies
+    answers = [r.body for r in replies if isinstance(r, Reply)]
+    first = _without_retry(answers[0])
+    assert (first["type"], first["user"], first["amount"], first["available"]) == ("deposit", user, "0.7", "0.7")
+    assert all(_without_retry(a) == first for a in answers)
+    assert sum(1 for a in answers if not a.get("retry")) == 1
+    for _ in range(3):
+        again = operator.deposit(user, "BTC", "0.7", idempotency_key=key).check()
+        assert again.pop("retry") is True and again == first
+    assert deployment.commands_end() == end + 1
+    assert operator.balances(user=user, min_seq=first["seq"]).check()["balances"] == {
+        "BTC": {"available": "0.7", "locked": "0"}}
+
+    # The same key for anything else is a conflict, and sends nothing.
+    for path, other in (("/v1/deposits", {**body, "amount": "0.8"}), ("/v1/withdrawals", body)):
+        (request,) = _same_requests(deployment, signers[_O], path, other, key, 1)
+        with httpx.Client(timeout=30) as http:
+            _assert_error(reply_of(http.send(request)), 409, "idempotency_key_reused")
+    assert deployment.commands_end() == end + 1
+
+
+def test_a_client_order_id_sent_again_without_a_key_is_answered_with_the_original(deployment: Deployment) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user = _user()
+    trader = deployment.client(user)
+    operator.deposit(user, "USDT", "1000").check()
+    placed = trader.place_order(_BTC_USDT, "buy", "0.01", "100", client_order_id=77).check()
+    assert "retry" not in placed
+    again = trader.place_order(_BTC_USDT, "buy", "0.01", "100", client_order_id=77).check()
+    assert again["retry"] is True
+    assert (again["order_id"], again["seq"], again["client_order_id"]) == (placed["order_id"], placed["seq"], 77)
+    # The same id for another order is a conflict (rejected by UBSCore, nothing locked).
+    other = trader.place_order(_BTC_USDT, "buy", "0.01", "101", client_order_id=77)
+    assert other.status == 422 and other.body["reason_name"] == "REQUEST_ID_CONFLICT", other
+    assert trader.balances(min_seq=other.body["seq"]).check()["balances"] == {
+        "USDT": {"available": "999", "locked": "1"}}
+    trader.cancel_by_client_id(77).check()
+    eventually(lambda: trader.order(placed["order_id"]), lambda body: body["status"] == "cancelled")
+
+
+def _wait_for_rows(d: Deployment, keys: list[str]) -> None:
+    """Until the gateway's request table holds a row of one of ``keys``."""
+    deadline = time.monotonic() + SETTLE_S_MAX
+    marks = ", ".join("?" * len(keys))
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(f"file:{d.db}?mode=ro", uri=True, timeout=5)) as db:
+            if db.execute(f"SELECT count(*) FROM requests WHERE idem_key IN ({marks})", keys).fetchone()[0]:
+                return
+        time.sleep(0.001)
+    raise AssertionError("the gateway took none of the requests")
+
+
+def test_a_gateway_killed_with_requests_in_flight_answers_their_retries_with_one_effect_each(
+    deployment: Deployment, signers: dict[str, tuple[str, str]]
+) -> None:
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    end = deployment.commands_end()
+    answered_user, answered_key = _user(), f"crash-{uuid.uuid4().hex}"
+    answered = operator.deposit(answered_user, "BTC", "0.25", idempotency_key=answered_key).check()
+    users = [_user() for _ in range(CONCURRENT_RETRIES)]
+    keys = [f"crash-{uuid.uuid4().hex}" for _ in users]
+
+    def requests() -> list[httpx.Request]:
+        now = _now_ms()
+        return [signed_request(deployment.url, signers[_O], "POST", "/v1/deposits",
+                               msgspec.json.encode({"user": u, "asset": "USDT", "amount": "12.5"}),
+                               {"Content-Type": "application/json", "Idempotency-Key": k}, timestamp_ms=now)
+                for u, k in zip(users, keys, strict=True)]
+
+    in_flight: list[list[Reply | BaseException]] = []
+    sender = threading.Thread(target=lambda: in_flight.append(_send_all(requests())))
+    sender.start()
+    _wait_for_rows(deployment, keys)  # the gateway has taken some: kill it now
+    deployment.stop_gateway(kill=True)
+    sender.join(timeout=60)
+    deployment.start_gateway()
+
+    retried = operator.deposit(answered_user, "BTC", "0.25", idempotency_key=answered_key).check()
+    assert retried.pop("retry") is True and retried == answered
+    replies = _send_all(requests())
+    assert all(isinstance(r, Reply) and r.status == 200 for r in replies), replies
+    seq = max(r.body["seq"] for r in replies if isinstance(r, Reply))
+    for user, reply in zip(users, replies, strict=True):
+        assert isinstance(reply, Reply) and (reply.body["user"], reply.body["amount"]) == (user, "12.5")
+        assert operator.balances(user=user, min_seq=seq).check()["balances"] == {
+            "USDT": {"available": "12.5", "locked": "0"}}
+    for before in in_flight[0]:  # what was answered before the kill is what the retry answered
+        if isinstance(before, Reply):
+            assert before.status == 200, before
+            (after,) = (r for r in replies if isinstance(r, Reply) and r.body["user"] == before.body["user"])
+            assert _without_retry(after.body) == _without_retry(before.body)
+    assert deployment.commands_end() == end + 1 + CONCURRENT_RETRIES
+
+
+def _restart_gateway(d: Deployment, **options: str) -> None:
+    d.stop_gateway()
+    d.gateway_options = options
+    d.start_gateway()
+
+
+def test_an_answer_later_than_the_timeout_is_a_202_and_then_at_its_ref(deployment: Deployment) -> None:
+    """With a 1 ms answer timeout, no answer can come in time over Kafka: every command
+    is a 202 naming its ref, and GET /v1/requests/{ref} answers it later (to its key's
+    account only)."""
+    operator: Client = deployment.operator  # type: ignore[attr-defined]
+    user, key = _user(), f"late-{uuid.uuid4().hex}"
+    stranger = deployment.client(_user())
+    _restart_gateway(deployment, answer_timeout_s="0.001")
+    try:
+        pending = operator.deposit(user, "USDT", "3.5", idempotency_key=key)
+        assert pending.status == 202, pending
+        ref = pending.body["ref"]
+        assert (pending.body["status"], pending.body["poll"]) == ("pending", f"/v1/requests/{ref}")
+        deadline = time.monotonic() + SETTLE_S_MAX
+        while (later := operator.request(ref)).status == 202:
+            assert later.body["status"] == "pending" and time.monotonic() < deadline, later
+            time.sleep(0.05)
+        assert later.status == 200, later
+        assert (later.body["ref"], later.body["type"], later.body["user"], later.body["amount"]) == (
+            ref, "deposit", user, "3.5")
+        _assert_error(stranger.request(ref), 404, "not_found")
+        retried = operator.deposit(user, "USDT", "3.5", idempotency_key=key).check()
+        assert retried.pop("retry") is True and retried == later.body
+    finally:
+        _restart_gateway(deployment)
+    assert operator.balances(user=user, min_seq=later.body["seq"]).check()["balances"] == {
+        "USDT": {"available": "3.5", "locked": "0"}}
