@@ -82,11 +82,11 @@ def test_the_reference_scenarios_through_http_with_decimal_strings(deployment: D
 
     buy = b.place_order("BTC-USDT", "buy", "0.5", "150").check()
     assert buy["locked"] == {"asset": "USDT", "amount": "75"}
-    done = eventually(lambda: b.order(buy["order_id"]), lambda body: body["status"] == "filled")
+    done = eventually(lambda: b.order(buy["order_id"], min_seq=buy["seq"]), lambda body: body["status"] == "filled")
     assert done["filled_qty"] == "0.5"
     (fill,) = done["fills"]
     assert (fill["price"], fill["qty"], fill["role"], fill["fee"]) == ("150", "0.5", "taker", "0.001")
-    maker = eventually(lambda: a.order(sell["order_id"]), lambda body: body["status"] == "filled")
+    maker = eventually(lambda: a.order(sell["order_id"], min_seq=sell["seq"]), lambda body: body["status"] == "filled")
     assert [(f["role"], f["fee"]) for f in maker["fills"]] == [("maker", "0.075")]
 
     assert a.balances(min_seq=done["seq"]).check()["balances"] == {
@@ -108,11 +108,11 @@ def test_the_reference_scenarios_through_http_with_decimal_strings(deployment: D
     rest = c.place_order("BTC-USDT", "sell", "0.01", "50000", client_order_id=3).check()
     assert rest["client_order_id"] == 3
     cross = c.place_order("BTC-USDT", "buy", "0.01", "50000", client_order_id=4).check()
-    eventually(lambda: c.order(cross["order_id"]), lambda body: body["status"] != "open")
+    eventually(lambda: c.order(cross["order_id"], min_seq=cross["seq"]), lambda body: body["status"] != "open")
     cancel = c.cancel_by_client_id(3).check()
     assert cancel["order_id"] == rest["order_id"]
     for order_id in (rest["order_id"], cross["order_id"]):
-        final = eventually(lambda o=order_id: c.order(o), lambda body: body["status"] != "open")
+        final = eventually(lambda o=order_id: c.order(o, min_seq=cancel["seq"]), lambda body: body["status"] != "open")
         assert (final["status"], final["filled_qty"], final["fills"]) == ("cancelled", "0", [])
     eventually(lambda: c.open_orders(), lambda body: body["open_orders"] == [])
     assert c.balances().check()["balances"] == {
@@ -392,15 +392,19 @@ def _bad_signature(d: Deployment, key: tuple[str, str]) -> httpx.Request:
     return request
 
 
+def _signature_headers(request: httpx.Request) -> dict[str, str]:
+    return {name: request.headers[name] for name in (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)}
+
+
 def _signature_of_another_body(d: Deployment, key: tuple[str, str]) -> httpx.Request:
     signed = signed_request(d.url, key, "POST", "/v1/deposits", _deposit_body())
-    return httpx.Request("POST", signed.url, headers=signed.headers, content=_deposit_body())
+    return httpx.Request("POST", signed.url, headers=_signature_headers(signed), content=_deposit_body())
 
 
 def _signature_of_another_path(d: Deployment, key: tuple[str, str]) -> httpx.Request:
     body = _deposit_body()
     signed = signed_request(d.url, key, "POST", "/v1/withdrawals", body)
-    return httpx.Request("POST", d.url + "/v1/deposits", headers=signed.headers, content=body)
+    return httpx.Request("POST", d.url + "/v1/deposits", headers=_signature_headers(signed), content=body)
 
 
 def _stale(d: Deployment, key: tuple[str, str]) -> httpx.Request:
@@ -489,7 +493,7 @@ def test_a_trader_acts_on_and_reads_only_its_own_account(deployment: Deployment)
     operator.deposit(b_user, "BTC", "1").check()
     rest = b.place_order(_BTC_USDT, "sell", "0.01", "90000", client_order_id=11).check()
     order_id = rest["order_id"]
-    eventually(lambda: b.order(order_id), lambda body: body["status"] == "open")
+    eventually(lambda: b.order(order_id, min_seq=rest["seq"]), lambda body: body["status"] == "open")
 
     end = deployment.commands_end()
     _assert_error(a.cancel(order_id), 403, "forbidden")
@@ -613,7 +617,8 @@ def test_a_client_order_id_sent_again_without_a_key_is_answered_with_the_origina
     assert trader.balances(min_seq=other.body["seq"]).check()["balances"] == {
         "USDT": {"available": "999", "locked": "1"}}
     trader.cancel_by_client_id(77).check()
-    eventually(lambda: trader.order(placed["order_id"]), lambda body: body["status"] == "cancelled")
+    eventually(lambda: trader.order(placed["order_id"], min_seq=placed["seq"]),
+               lambda body: body["status"] == "cancelled")
 
 
 def _wait_for_rows(d: Deployment, keys: list[str]) -> None:
