@@ -14,14 +14,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
-from ledger.client import Client
+from ledger.client import Client, Reply
+from ledger.client.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds that only turn a hung start into a failure.
 START_S_MAX = 60
 STOP_S_MAX = 30
+SEND_S_MAX = 30
 
 
 def free_port() -> int:
@@ -34,6 +37,28 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+def signed_request(url: str, key: tuple[str, str], method: str, path: str, content: bytes = b"",
+                   headers: dict[str, str] | None = None, timestamp_ms: int | None = None) -> httpx.Request:
+    """A request of exactly ``content``, signed with ``key`` (id, private) at
+    ``timestamp_ms`` (now unless given)."""
+    signed = sign_headers(key[0], key[1], method, path, content, timestamp_ms)
+    return httpx.Request(method, url + path, content=content, headers={**signed, **(headers or {})})
+
+
+def send_signed(url: str, key: tuple[str, str], method: str, path: str, content: bytes = b"",
+                headers: dict[str, str] | None = None, timestamp_ms: int | None = None) -> Reply:
+    with httpx.Client(timeout=SEND_S_MAX) as http:
+        return reply_of(http.send(signed_request(url, key, method, path, content, headers, timestamp_ms)))
+
+
+def reply_of(response: httpx.Response) -> Reply:
+    try:
+        body = msgspec.json.decode(response.content) if response.content else None
+    except msgspec.DecodeError:
+        body = response.text
+    return Reply(response.status_code, body)
 
 
 def ledger(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -96,6 +121,9 @@ class Deployment:
             assert time.monotonic() < deadline, self.output("gateway")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    # The gateway's authenticator started before it listened: a request
+                    # signed after this moment is never "signed before start".
+                    self.gateway_ready_s = time.time()
                     return
             except OSError:
                 time.sleep(0.1)
@@ -137,6 +165,12 @@ class Deployment:
     def client(self, user: int | None = None, operator: bool = False) -> Client:
         key_id, private = self.key(user, operator)
         return Client(self.url, key_id, private)
+
+    def send(self, key: tuple[str, str], method: str, path: str, content: bytes = b"",
+             headers: dict[str, str] | None = None, timestamp_ms: int | None = None) -> Reply:
+        """Send ``content`` as it is, signed with ``key`` (id, private) at ``timestamp_ms``
+        (now unless given): bodies no client would build."""
+        return send_signed(self.url, key, method, path, content, headers, timestamp_ms)
 
     def commands_end(self) -> int:
         log = self.streams.commands()

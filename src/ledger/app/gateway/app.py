@@ -315,10 +315,12 @@ class Gateway:
         except msgspec.ValidationError as error:
             text = str(error)
             field = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else None
-            if text.startswith("Object contains unknown field"):
-                raise HttpError(400, "unknown_field", text, field) from None
-            if text.startswith("Object missing required field"):
-                raise HttpError(400, "missing_field", text, field) from None
+            for prefix, code in (("Object contains unknown field `", "unknown_field"),
+                                 ("Object missing required field `", "missing_field")):
+                if text.startswith(prefix):
+                    # msgspec's path is the object's; the field is the member it names.
+                    name = text[len(prefix):].split("`", 1)[0]
+                    raise HttpError(400, code, text, f"{field or '$'}.{name}") from None
             raise HttpError(400, "invalid_field", text, field) from None
         except msgspec.DecodeError as error:
             raise HttpError(400, "malformed_json", f"the body is not JSON: {error}") from None

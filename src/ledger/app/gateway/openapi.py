@@ -34,6 +34,7 @@ ROUTES: tuple[tuple[str, str, str, str | None, str, str], ...] = (
     ("get", "/v1/requests/{ref}", "A command's answer, after a 202", None, "200, 202, 422", "the key's account"),
     ("get", "/v1/market", "Listed assets and symbols", None, "200", "anyone"),
     ("get", "/v1/health", "Logs reachable, projection lag under the bound", None, "200, 503", "anyone"),
+    ("get", "/v1/openapi.json", "This document", None, "200", "anyone"),
 )
 
 
