@@ -512,12 +512,12 @@ def test_a_trader_acts_on_and_reads_only_its_own_account(deployment: Deployment)
     eventually(lambda: b.order(order_id, min_seq=rest["seq"]), lambda body: body["status"] == "open")
 
     end = deployment.commands_end()
-    _assert_error(a.cancel(order_id), 403, "forbidden")
-    _assert_error(a.order(order_id), 403, "forbidden")
-    _assert_error(a.balances(user=b_user), 403, "forbidden")
-    _assert_error(a.open_orders(user=b_user), 403, "forbidden")
-    _assert_error(a.trades(user=b_user), 403, "forbidden")
-    _assert_error(a.ledger("BTC", user=b_user), 403, "forbidden")
+    _assert_error(a.cancel(order_id), 403, "not_your_account")
+    _assert_error(a.order(order_id), 403, "not_your_account")
+    _assert_error(a.balances(user=b_user), 403, "not_your_account")
+    _assert_error(a.open_orders(user=b_user), 403, "not_your_account")
+    _assert_error(a.trades(user=b_user), 403, "not_your_account")
+    _assert_error(a.ledger("BTC", user=b_user), 403, "not_your_account")
     assert deployment.commands_end() == end
     assert b.order(order_id).check()["status"] == "open"
     assert b.balances().check()["balances"]["BTC"] == {"available": "0.99", "locked": "0.01"}
@@ -530,13 +530,13 @@ def test_a_trader_moves_no_funds_and_lists_nothing_an_operator_trades_not(deploy
     user = _user()
     trader = deployment.client(user)
     end = deployment.commands_end()
-    _assert_error(trader.deposit(user, "BTC", "1"), 403, "forbidden")
-    _assert_error(trader.withdraw(user, "BTC", "1"), 403, "forbidden")
-    _assert_error(trader.list_asset("ZZZ", 2), 403, "forbidden")
-    _assert_error(trader.list_symbol("BTC-ZZZ", "BTC", "USDT", "0.01", "1"), 403, "forbidden")
-    _assert_error(operator.place_order(_BTC_USDT, "buy", "0.01", "150"), 403, "forbidden")
-    _assert_error(operator.cancel(1), 403, "forbidden")
-    _assert_error(operator.cancel_by_client_id(1), 403, "forbidden")
+    _assert_error(trader.deposit(user, "BTC", "1"), 403, "operator_only")
+    _assert_error(trader.withdraw(user, "BTC", "1"), 403, "operator_only")
+    _assert_error(trader.list_asset("ZZZ", 2), 403, "operator_only")
+    _assert_error(trader.list_symbol("BTC-ZZZ", "BTC", "USDT", "0.01", "1"), 403, "operator_only")
+    _assert_error(operator.place_order(_BTC_USDT, "buy", "0.01", "150"), 403, "trader_only")
+    _assert_error(operator.cancel(1), 403, "trader_only")
+    _assert_error(operator.cancel_by_client_id(1), 403, "trader_only")
     assert deployment.commands_end() == end
 
 

@@ -33,8 +33,8 @@ def _one_line_failure(done: subprocess.CompletedProcess[str], code: int, words: 
 
 def test_every_bad_start_is_one_line_and_exit_2(deployment: Path, tmp_path: Path) -> None:
     store, db = f"sqlite:{deployment / 'projection.db'}", str(tmp_path / "g.db")
-    _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", "sqlite:nope.db", "--db", db),
-                      2, "no such database")
+    _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", "sqlite:none/p.db", "--db", db),
+                      2, "no such directory")
     _one_line_failure(ledger("run", "gateway", "--dir", str(tmp_path / "none"), "--store", store, "--db", db),
                       2, "no such directory")
     _one_line_failure(ledger("run", "gateway", "--dir", str(deployment), "--store", store,

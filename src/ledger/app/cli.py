@@ -848,22 +848,25 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if db.exists():
         _check_sqlite_file(db)
     url = args.store
-    _check_store_to_read(url)
+    file = _sqlite_path(url)
+    if url == "sqlite::memory:":
+        raise CliError("store sqlite::memory: is empty by definition; give the projection's sqlite:PATH")
+    if file is not None:
+        _check_sqlite_file(file)  # it may not exist yet: the projector makes it
 
     def store() -> Any:
         return _open_store(url, read_only=True)
 
     config = GatewayConfig(args.answer_timeout_s, args.read_wait_s, args.health_lag_max)
     auth = {"recv_window_ms": args.recv_window_ms, "rate_per_s": args.rate_per_s, "burst": args.burst}
+    # Built first: its authenticator refuses anything signed before it started, so no
+    # request can reach the port before that start.
+    gateway = server.build(streams, db, store, config, auth)
     try:
         sock = server.listen(args.address, args.port)
     except OSError as error:
+        gateway.bridge.close()
         raise CliError(f"cannot listen on {args.address}:{args.port}: {error.strerror or error}") from None
-    try:
-        gateway = server.build(streams, db, store, config, auth)
-    except BaseException:
-        sock.close()
-        raise
     try:
         server.serve(gateway, sock)
     except OSError as error:
