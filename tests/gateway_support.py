@@ -129,8 +129,12 @@ class Deployment:
                 time.sleep(0.1)
 
     def start(self) -> Deployment:
-        self.start_services()
-        self.start_gateway()
+        try:
+            self.start_services()
+            self.start_gateway()
+        except BaseException:
+            self.stop()  # a failed start leaves no process behind
+            raise
         return self
 
     def stop_gateway(self, kill: bool = False) -> int:

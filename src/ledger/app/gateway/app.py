@@ -123,20 +123,21 @@ class MarketCache:
 
     def listed(self, event: Any) -> None:
         if type(event) is AssetListed:
-            self.assets[event.asset.code] = event.asset.decimals
+            self.assets = {**self.assets, event.asset.code: event.asset.decimals}
         elif type(event) is SymbolListed:
-            self.symbols[event.symbol.name] = event.symbol
+            self.symbols = {**self.symbols, event.symbol.name: event.symbol}
 
     def load(self, store: Any) -> None:
         self._refreshed = time.monotonic()
-        for row in store.scan("assets"):
-            self.assets.setdefault(row["code"], row["decimals"])
-        for row in store.scan("symbols"):
-            self.symbols.setdefault(
-                row["name"],
-                Symbol(row["name"], row["base"], row["quote"], row["lot"], row["tick"], row["maker_fee_ppm"],
-                       row["taker_fee_ppm"]),
-            )
+        assets = {row["code"]: row["decimals"] for row in store.scan("assets")}
+        symbols = {
+            row["name"]: Symbol(row["name"], row["base"], row["quote"], row["lot"], row["tick"], row["maker_fee_ppm"],
+                                row["taker_fee_ppm"])
+            for row in store.scan("symbols")
+        }
+        # Whole dicts replaced, never changed in place under a reader.
+        self.assets = {**self.assets, **assets}
+        self.symbols = {**self.symbols, **symbols}
 
     def may_refresh(self) -> bool:
         return time.monotonic() - self._refreshed >= MARKET_REFRESH_S_MIN
@@ -400,7 +401,7 @@ class Gateway:
                     "reason_name": reason.name if reason is not None else str(e.reason),
                     "message": describe(e.reason)}
         if kind is Deposited or kind is Withdrawn:
-            decimals = self.market.assets.get(e.asset, 0)
+            decimals = self._known("assets", e.asset)
             return {"status": "accepted", "seq": e.seq, "type": "deposit" if kind is Deposited else "withdrawal",
                     "user": e.user, "asset": e.asset, "amount": money.format_minor(e.amount, decimals),
                     "available": money.format_minor(e.available, decimals),
@@ -418,28 +419,40 @@ class Gateway:
         raise HttpError(500, "unexpected_answer", f"{kind.__name__} is not an answer to a command")
 
     def _symbol_view(self, s: Symbol) -> dict[str, Any]:
-        bd, qd = self.market.assets.get(s.base, 0), self.market.assets.get(s.quote, 0)
+        bd, qd = self._known("assets", s.base), self._known("assets", s.quote)
         return {"name": s.name, "base": s.base, "quote": s.quote,
                 "lot": money.format_step(money.lot_step(s, bd)),
                 "price_step": money.format_step(money.price_step(s, bd, qd)),
                 "maker_fee_ppm": s.maker_fee_ppm, "taker_fee_ppm": s.taker_fee_ppm}
 
-    def _decimals(self, symbol_name: str) -> tuple[Symbol | None, int, int]:
-        s = self.market.symbols.get(symbol_name)
-        if s is None:
-            return None, 0, 0
-        return s, self.market.assets.get(s.base, 0), self.market.assets.get(s.quote, 0)
+    def _known(self, table: str, name: str) -> Any:
+        """A listing the answer is written with; on a miss the listings are read again
+        (on this thread: rare), and a listing still unknown is a 503, never an amount
+        written with a wrong number of decimals."""
+        found = getattr(self.market, table).get(name)
+        if found is None:
+            with contextlib.suppress(Exception):
+                self.market.load(self._store())
+            found = getattr(self.market, table).get(name)
+        if found is None:
+            raise HttpError(503, "market_unknown", f"the listing of {name!r} is not in the projection yet; ask again",
+                            retry_after_s=1.0)
+        return found
+
+    def _decimals(self, symbol_name: str) -> tuple[Symbol, int, int]:
+        s: Symbol = self._known("symbols", symbol_name)
+        return s, self._known("assets", s.base), self._known("assets", s.quote)
 
     def _qty(self, symbol: str, lots: int) -> str:
         s, bd, _ = self._decimals(symbol)
-        return str(lots) if s is None else money.format_qty(lots, s, bd)
+        return money.format_qty(lots, s, bd)
 
     def _price(self, symbol: str, ticks: int) -> str:
         s, bd, qd = self._decimals(symbol)
-        return str(ticks) if s is None else money.format_price(ticks, s, bd, qd)
+        return money.format_price(ticks, s, bd, qd)
 
     def _amount(self, asset: str, units: int) -> str:
-        return money.format_minor(units, self.market.assets.get(asset, 0))
+        return money.format_minor(units, self._known("assets", asset))
 
     def _order_view(self, e: OrderAccepted) -> dict[str, Any]:
         s, _, _ = self._decimals(e.symbol)
@@ -750,7 +763,7 @@ class Gateway:
 
 
 def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
-    if not text.isdigit() or not minimum <= int(text) <= maximum:
+    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
         raise HttpError(400, "invalid_field", f"{name} must be an integer in {minimum}..{maximum}", name)
     return int(text)
 

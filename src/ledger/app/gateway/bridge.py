@@ -66,6 +66,8 @@ RECENT_ANSWERS_MAX = 100_000
 TAIL_IDLE_S = 0.002
 # Records read per tail step.
 TAIL_READ_MAX = 5_000
+# How long a request waits for the writer to take it (a stuck append: then 503).
+SEND_WAIT_S_MAX = 60.0
 # Offsets of balance.operations searched at most for the rows a crash left without one.
 RESOLVE_SCAN_MAX = 1_000_000
 
@@ -158,10 +160,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
@@ -250,18 +253,28 @@ class Bridge:
         rows = self._db.execute(
             'SELECT ref, record, ops_hint FROM requests WHERE "offset" IS NULL AND record IS NOT NULL ORDER BY ref'
         ).fetchall()
-        if not rows:
-            return
-        start = min(r[2] for r in rows)
+        if rows:
+            self._locate([(ref, bytes(record), hint) for ref, record, hint in rows])
+
+    def _locate(self, rows: list[tuple[int, bytes, int]]) -> dict[int, int]:
+        """Find the records of ``rows`` (ref, record, ops_hint) in balance.operations, in
+        row order; give each found row its offset, mark the others never sent. Returns
+        ref -> offset (NEVER_SENT for the absent). Rows whose search would read more than
+        ``RESOLVE_SCAN_MAX`` records are left as they are, with a warning."""
         end = self.commands.end_offset()
-        if end - start > RESOLVE_SCAN_MAX:
-            raise BridgeError(
-                f"{len(rows)} requests have no known offset and the search from offset {start:,} would read "
-                f"{end - start:,} records of balance.operations (at most {RESOLVE_SCAN_MAX:,})"
+        far = [ref for ref, _, hint in rows if end - hint > RESOLVE_SCAN_MAX]
+        if far:
+            log.warning(
+                "gateway: %d requests have no known offset and are older than the last %s records of "
+                "balance.operations; left unresolved (a retry of them answers 503)", len(far), f"{RESOLVE_SCAN_MAX:,}"
             )
+            rows = [row for row in rows if row[0] not in far]
+        if not rows:
+            return {}
+        start = min(r[2] for r in rows)
         wanted: dict[bytes, collections.deque[int]] = collections.defaultdict(collections.deque)
         for ref, record, _ in rows:
-            wanted[bytes(record)].append(ref)
+            wanted[record].append(ref)
         found: list[tuple[int, int]] = []
         offset = start
         while offset < end and wanted:
@@ -280,11 +293,12 @@ class Bridge:
             self._db.executemany('UPDATE requests SET "offset" = ? WHERE ref = ?', found)
             self._db.executemany('UPDATE requests SET "offset" = ? WHERE ref = ?', [(NEVER_SENT, r) for r in lost])
         log.warning(
-            "gateway: %d requests a crash left without an offset: %d found in balance.operations, %d never sent",
+            "gateway: %d requests without a known offset: %d found in balance.operations, %d never sent",
             len(rows),
             len(found),
             len(lost),
         )
+        return {**{ref: at for at, ref in found}, **dict.fromkeys(lost, NEVER_SENT)}
 
     # -- sending ------------------------------------------------------------------------
 
@@ -304,7 +318,10 @@ class Bridge:
         with self._jobs_ready:
             self._jobs.append(job)
             self._jobs_ready.notify()
-        return await job.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), SEND_WAIT_S_MAX)
+        except TimeoutError:
+            raise BridgeError(f"the gateway's writer did not take the command within {SEND_WAIT_S_MAX:g} s") from None
 
     def _take_jobs(self) -> list[_Job]:
         with self._jobs_ready:
@@ -332,13 +349,19 @@ class Bridge:
                 log.error("gateway: sending a batch of %d failed: %s", len(jobs), error)
                 for job in jobs:
                     job.loop.call_soon_threadsafe(_set_exception, job.future, BridgeError(str(error)))
-            self._prune()
+            try:
+                self._prune()
+            except Exception as error:  # noqa: BLE001 (pruning again later is harmless)
+                log.warning("gateway: pruning old request rows failed: %s", error)
 
     def _write(self, jobs: list[_Job]) -> None:
         db = self._db
         to_send: list[tuple[_Job, int, bytes]] = []  # job, ref, record
-        seen_keys: dict[tuple[str, str], _Job] = {}
-        followers: list[tuple[_Job, _Job]] = []
+        # Per key in this batch: the row's digest, the job that owns the row's outcome
+        # (None when the first job with the key conflicted), and the row as found.
+        seen_keys: dict[tuple[str, str], tuple[bytes, _Job | None, Sent | None]] = {}
+        followers: list[tuple[_Job, tuple[bytes, _Job | None, Sent | None]]] = []
+        unplaced: list[tuple[_Job, int, bytes, int]] = []
         now = _now_ms()
         with _transaction(db):
             for job in jobs:
@@ -348,22 +371,33 @@ class Bridge:
                         followers.append((job, first))
                         continue
                     row = db.execute(
-                        'SELECT ref, digest, request_id, record, "offset", answer FROM requests '
+                        'SELECT ref, digest, request_id, record, "offset", answer, ops_hint FROM requests '
                         "WHERE scope = ? AND idem_key = ?",
                         (job.scope, job.idem_key),
                     ).fetchone()
                     if row is not None:
-                        ref, digest, request_id, record, offset, answer = row
+                        ref, digest, request_id, record, offset, answer, hint = row
+                        found = Sent(ref, request_id, offset, None if answer is None else bytes(answer), True)
                         if bytes(digest) != job.digest:
-                            job.sent = Sent(ref, request_id, offset, None, replayed=True, conflict=True)
-                        elif offset == NEVER_SENT or (offset is None and answer is None):
+                            job.sent = Sent(ref, request_id, None, None, replayed=True, conflict=True)
+                            seen_keys[(job.scope, job.idem_key)] = (bytes(digest), None, found)
+                            continue
+                        if offset == NEVER_SENT:
+                            # Sent again: until its new offset is known it is a row to
+                            # search for after a crash, from the end known now.
+                            db.execute('UPDATE requests SET "offset" = NULL, ops_hint = ? WHERE ref = ?',
+                                       (self._known_end, ref))
                             to_send.append((job, ref, bytes(record)))
                             job.sent = Sent(ref, request_id, None, None, replayed=True)
+                        elif offset is None and answer is None:
+                            # An append whose outcome was not known: look before sending.
+                            unplaced.append((job, ref, bytes(record), hint))
+                            job.sent = found
                         else:
-                            job.sent = Sent(ref, request_id, offset, None if answer is None else bytes(answer), True)
-                        seen_keys[(job.scope, job.idem_key)] = job
+                            job.sent = found
+                        seen_keys[(job.scope, job.idem_key)] = (bytes(digest), job, found)
                         continue
-                    seen_keys[(job.scope, job.idem_key)] = job
+                    seen_keys[(job.scope, job.idem_key)] = (job.digest, job, None)
                 cursor = db.execute(
                     "INSERT INTO requests (scope, idem_key, digest, user, request_id, created_ms, ops_hint) "
                     "VALUES (?, ?, ?, ?, 0, ?, ?)",
@@ -377,6 +411,18 @@ class Bridge:
                 db.execute("UPDATE requests SET request_id = ?, record = ? WHERE ref = ?", (request_id, record, ref))
                 job.sent = Sent(ref, request_id, None, None)
                 to_send.append((job, ref, record))
+        if unplaced:
+            located = self._locate([(ref, record, hint) for _, ref, record, hint in unplaced])
+            for job, ref, record, _ in unplaced:
+                assert job.sent is not None
+                at = located.get(ref)
+                if at == NEVER_SENT:
+                    with _transaction(db):
+                        db.execute('UPDATE requests SET "offset" = NULL, ops_hint = ? WHERE ref = ?',
+                                   (self._known_end, ref))
+                    to_send.append((job, ref, record))
+                elif at is not None:
+                    job.sent = msgspec.structs.replace(job.sent, offset=at)
         offsets: list[int] = []
         if to_send:
             with self._lock:
@@ -407,9 +453,16 @@ class Bridge:
             for (job, _, _), at in zip(to_send, offsets or [None] * len(to_send), strict=True):
                 assert job.sent is not None
                 job.sent = msgspec.structs.replace(job.sent, offset=at)
-        for job, first in followers:
-            assert first.sent is not None
-            job.sent = msgspec.structs.replace(first.sent, replayed=True, conflict=first.digest != job.digest)
+        for job, (digest, owner, found) in followers:
+            if job.digest != digest:
+                base = owner.sent if owner is not None else found
+                assert base is not None
+                job.sent = Sent(base.ref, base.request_id, None, None, replayed=True, conflict=True)
+            elif owner is not None:
+                assert owner.sent is not None
+                job.sent = msgspec.structs.replace(owner.sent, replayed=True, conflict=False)
+            else:
+                job.sent = found
         for job in jobs:
             job.loop.call_soon_threadsafe(_set_result, job.future, job.sent)
 
@@ -480,49 +533,58 @@ class Bridge:
         return bytes(batch.values[0])
 
     def _tail_loop(self) -> None:
-        db = self._tail_db
         while not self._stop.is_set():
             try:
-                batch = self.events.read(self.tail_offset, TAIL_READ_MAX)
-            except LogError as error:
-                log.warning("gateway: reading balance.events at %d failed: %s", self.tail_offset, error)
+                if not self._tail_step():
+                    return
+            except Exception as error:  # noqa: BLE001 (the tailer must not die: answers would stop)
+                log.error("gateway: following balance.events at %d failed: %s; trying again", self.tail_offset, error)
                 time.sleep(0.5)
-                continue
-            if not batch.values and batch.next_offset == self.tail_offset:
-                time.sleep(TAIL_IDLE_S)
-                continue
-            answers: list[tuple[bytes, int]] = []
-            try:
-                for raw in batch.values:
-                    value = bytes(raw)
-                    event = EVENTS.decode(value, f"{self.events.name} record")
-                    input_offset = getattr(event, "input_offset", None)
-                    if input_offset is not None:
-                        answers.append((value, input_offset))
-                    if self.on_listing is not None and type(event) in (AssetListed, SymbolListed):
-                        self.on_listing(event)
-            except ValueError as error:
-                self.failure = f"balance.events cannot be read past offset {self.tail_offset}: {error}"
-                log.error("gateway: %s", self.failure)
-                return
-            self.answers_seen += len(answers)
-            with self._lock:
-                recent = self._recent
-                woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes], bytes]] = []
-                for value, at in answers:
-                    recent[at] = value
-                    for loop, future in self._waiters.pop(at, ()):
-                        woken.append((loop, future, value))
-                while len(recent) > RECENT_ANSWERS_MAX:
-                    recent.popitem(last=False)
-                self.tail_offset = batch.next_offset
-                safe = self.tail_offset if self._inflight_from is None else self._inflight_from
-            for loop, future, value in woken:
-                loop.call_soon_threadsafe(_set_result, future, value)
-            with _transaction(db):
-                db.executemany('UPDATE requests SET answer = ? WHERE "offset" = ? AND answer IS NULL', answers)
-                db.execute("UPDATE gateway_tail SET events_offset = ? WHERE id = 1", (safe,))
 
+    def _tail_step(self) -> bool:
+        """One read of balance.events; False when the log cannot be trusted past here."""
+        db = self._tail_db
+        try:
+            batch = self.events.read(self.tail_offset, TAIL_READ_MAX)
+        except LogError as error:
+            log.warning("gateway: reading balance.events at %d failed: %s", self.tail_offset, error)
+            time.sleep(0.5)
+            return True
+        if not batch.values and batch.next_offset == self.tail_offset:
+            time.sleep(TAIL_IDLE_S)
+            return True
+        answers: list[tuple[bytes, int]] = []
+        try:
+            for raw in batch.values:
+                value = bytes(raw)
+                event = EVENTS.decode(value, f"{self.events.name} record")
+                input_offset = getattr(event, "input_offset", None)
+                if input_offset is not None:
+                    answers.append((value, input_offset))
+                if self.on_listing is not None and type(event) in (AssetListed, SymbolListed):
+                    self.on_listing(event)
+        except ValueError as error:
+            self.failure = f"balance.events cannot be read past offset {self.tail_offset}: {error}"
+            log.error("gateway: %s", self.failure)
+            return False
+        self.answers_seen += len(answers)
+        with self._lock:
+            recent = self._recent
+            woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes], bytes]] = []
+            for value, at in answers:
+                recent[at] = value
+                for loop, future in self._waiters.pop(at, ()):
+                    woken.append((loop, future, value))
+            while len(recent) > RECENT_ANSWERS_MAX:
+                recent.popitem(last=False)
+            self.tail_offset = batch.next_offset
+            safe = self.tail_offset if self._inflight_from is None else self._inflight_from
+        for loop, future, value in woken:
+            loop.call_soon_threadsafe(_set_result, future, value)
+        with _transaction(db):
+            db.executemany('UPDATE requests SET answer = ? WHERE "offset" = ? AND answer IS NULL', answers)
+            db.execute("UPDATE gateway_tail SET events_offset = ? WHERE id = 1", (safe,))
+        return True
 
 def is_duplicate(event: Any) -> bool:
     """A retry UBSCore recognised: its original outcome is at ``original_seq``."""
