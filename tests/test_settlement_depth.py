@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import OUTPUTS, MemoryLog
+from ledger.app.books import book_levels as rebuilt_levels
 from ledger.protocol.codec import CommandError, checked_command
 from ledger.protocol.commands import Command, OrderType, PlaceOrder, SelfTrade, Side, TimeInForce
 from ledger.protocol.outputs import Trade
@@ -136,7 +137,7 @@ def test_projected_depth_and_fills_equal_the_engines_book_after_the_same_command
     assert Projector(store, sources(exchange.events, outputs), batch_events=batch_events).run().ok
     assert_depth_is_the_books(store, exchange)
     assert_fills_add_up(store, outputs)
-    assert verify_store(store, exchange.events, outputs=outputs).ok
+    assert verify_store(store, exchange.events, outputs=outputs, book_levels=rebuilt_levels).ok
 
 
 def test_the_demo_workload_projects_the_engines_depth_and_fills() -> None:
@@ -380,7 +381,7 @@ def test_verify_compares_the_depth_with_a_replay_and_every_fill_with_the_log(wor
     events, outputs, _ = workload
     store = SQLiteStore(":memory:")
     assert Projector(store, sources(events, outputs)).run().ok
-    report = verify_store(store, events, outputs=outputs)
+    report = verify_store(store, events, outputs=outputs, book_levels=rebuilt_levels)
     assert report.ok, report.differences
     assert report.depth_symbols_checked == len(outputs) and report.depth_levels_checked > 10
     assert report.fills_in_log == report.fills_in_store == 2 * report.trades_in_log > 0
@@ -391,7 +392,7 @@ def test_verify_compares_the_depth_with_a_replay_and_every_fill_with_the_log(wor
     bad = DepthLevelRow(symbol, row["side"], row["rank"], row["price"], row["qty"] + 1, row["orders"], 10**9)
     ghost = DepthLevelRow(symbol, 0, depth_rank(0, 1), 1, 3, 1, 10**9)
     store.commit([bad, ghost], Checkpoint("tamper", 1, 1))
-    report = verify_store(store, events, outputs=outputs)
+    report = verify_store(store, events, outputs=outputs, book_levels=rebuilt_levels)
     assert report.differences_total == 2
     changed = f"depth of {symbol} side {row['side']} price {row['price']}: store ({row['qty'] + 1}, {row['orders']})"
     assert any(d.startswith(changed) for d in report.differences), report.differences
@@ -437,7 +438,7 @@ def test_cassandra_holds_the_same_depth_and_fills_as_sqlite(workload: Any, cassa
             assert cql.order_fills(order_id) == sqlite.order_fills(order_id) != []
             page = cql.order_fills(order_id, limit=1)
             assert page + cql.order_fills(order_id, before_trade_id=page[-1]["trade_id"]) == cql.order_fills(order_id)
-        assert verify_store(store, events, outputs=outputs).ok
+        assert verify_store(store, events, outputs=outputs, book_levels=rebuilt_levels).ok
     finally:
         store.drop()
         store.close()

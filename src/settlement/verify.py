@@ -12,18 +12,16 @@ too. Every difference is listed; none is summarized away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from ledger.logs import layout
 from ledger.logs.base import Log, scan
-from ledger.protocol.codec import EVENTS, OUTPUTS
+from ledger.protocol.codec import EVENTS
 from ledger.protocol.events import TradeSettled
 from ledger.rebuild import replay
-from matching.book import BookError
-from matching.engine import MatchingEngine
 from settlement.model import depth_rank
 from settlement.store import Store
 
@@ -84,25 +82,25 @@ _FILL_COLUMNS = (
 )
 
 
-def _book_levels(symbol: str, log: Log) -> tuple[dict[tuple[int, int], tuple[int, int]], int]:
-    """The symbol's price levels, (side, price) -> (lots, orders), from the matching
-    engine's replay of its outputs, and the last seq; raises ``BookError``."""
-    engine = MatchingEngine(symbol)
-    for batch in scan(log):
-        for raw in batch.values:
-            engine.apply(OUTPUTS.decode(raw))
-    levels: dict[tuple[int, int], tuple[int, int]] = {}
-    for side in (0, 1):
-        for price, level in engine.book.levels[side].items():
-            levels[(side, price)] = (sum(order.remaining for order in level.values()), len(level))
-    return levels, engine.seq
+# Rebuilds a symbol's price levels, (side, price) -> (lots, orders), and the last seq from
+# its engine outputs log, by the matching engine's own replay; raises ``ValueError`` when
+# the log does not rebuild a book. Passed in by the app layer (``ledger.app.books``):
+# settlement does not import the matching engine.
+BookLevels = Callable[[str, Log], tuple[dict[tuple[int, int], tuple[int, int]], int]]
 
 
 def verify_store(
-    store: Store, events: Log, stream: str = layout.EVENTS, outputs: Mapping[str, Log] | None = None
+    store: Store,
+    events: Log,
+    stream: str = layout.EVENTS,
+    outputs: Mapping[str, Log] | None = None,
+    book_levels: BookLevels | None = None,
 ) -> VerifyReport:
-    """Replay ``events`` (and ``outputs``: symbol -> its engine.outputs log, if given)
-    and compare the projection in ``store`` with them."""
+    """Replay ``events`` (and ``outputs``: symbol -> its engine.outputs log, if given,
+    with ``book_levels`` to rebuild each symbol's book from it) and compare the
+    projection in ``store`` with them."""
+    if outputs and book_levels is None:
+        raise ValueError("verify_store: outputs given without book_levels to rebuild their books")
     differences: list[str] = []
     total = 0
 
@@ -162,7 +160,10 @@ def verify_store(
     depth_symbols = depth_levels = 0
     depth_unchecked: list[str] = []
     if outputs is not None:
-        depth_symbols, depth_levels, depth_unchecked = _compare_depth(store, outputs, differ)
+        assert book_levels is not None or not outputs
+        depth_symbols, depth_levels, depth_unchecked = _compare_depth(
+            store, outputs, book_levels or (lambda symbol, log: ({}, 0)), differ
+        )
     checkpoint = store.checkpoint(stream)
     checkpoint_seq = checkpoint.seq if checkpoint else 0
     if checkpoint_seq != state.seq:
@@ -207,7 +208,9 @@ def _compare_fills(
     return stored
 
 
-def _compare_depth(store: Store, outputs: Mapping[str, Log], differ: Any) -> tuple[int, int, list[str]]:
+def _compare_depth(
+    store: Store, outputs: Mapping[str, Log], book_levels: BookLevels, differ: Any
+) -> tuple[int, int, list[str]]:
     """Compare ``depth_levels`` with each symbol's book rebuilt from its outputs, and each
     engine stream's checkpoint with its log; return the symbols and levels compared, and
     the symbols with levels in the store whose engine log was not given."""
@@ -221,8 +224,8 @@ def _compare_depth(store: Store, outputs: Mapping[str, Log], differ: Any) -> tup
     for symbol in sorted(outputs):
         name = layout.output_stream(symbol)
         try:
-            expected, last_seq = _book_levels(symbol, outputs[symbol])
-        except BookError as error:
+            expected, last_seq = book_levels(symbol, outputs[symbol])
+        except ValueError as error:
             differ(f"{name} does not replay into a book: {error}")
             continue
         got = stored.get(symbol, {})

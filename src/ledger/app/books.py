@@ -120,3 +120,21 @@ __all__ = [
     "summarize_book",
     "top_levels",
 ]
+
+
+def book_levels(symbol: str, log: Log) -> tuple[dict[tuple[int, int], tuple[int, int]], int]:
+    """A symbol's price levels, (side, price) -> (lots, orders), and the last seq, from
+    the matching engine's replay of its outputs (``settlement.verify_store``'s
+    ``book_levels``); a log that does not rebuild a book raises ``ValueError``."""
+    engine = MatchingEngine(symbol)
+    try:
+        for batch in scan(log):
+            for raw in batch.values:
+                engine.apply(OUTPUTS.decode(raw))
+    except BookError as error:
+        raise ValueError(str(error)) from None
+    levels: dict[tuple[int, int], tuple[int, int]] = {}
+    for side in (0, 1):
+        for price, level in engine.book.levels[side].items():
+            levels[(side, price)] = (sum(order.remaining for order in level.values()), len(level))
+    return levels, engine.seq

@@ -713,7 +713,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         balance = sources[0]
         try:
             engine_logs = {s.symbol: s.log for s in sources if s.kind == "engine"}
-            report = verify_store(store, balance.log, balance.stream, engine_logs)
+            from ledger.app.books import book_levels
+
+            report = verify_store(store, balance.log, balance.stream, engine_logs, book_levels)
         except LedgerError as error:  # the log itself fails its audit (a gap, a bad event)
             raise CliError(f"the log cannot be replayed: {error}", EXIT_CHECK_FAILED) from None
         if commands is not None:
