@@ -160,10 +160,7 @@ def verify_store(
     depth_symbols = depth_levels = 0
     depth_unchecked: list[str] = []
     if outputs is not None:
-        assert book_levels is not None or not outputs
-        depth_symbols, depth_levels, depth_unchecked = _compare_depth(
-            store, outputs, book_levels or (lambda symbol, log: ({}, 0)), differ
-        )
+        depth_symbols, depth_levels, depth_unchecked = _compare_depth(store, outputs, book_levels, differ)
     checkpoint = store.checkpoint(stream)
     checkpoint_seq = checkpoint.seq if checkpoint else 0
     if checkpoint_seq != state.seq:
@@ -209,7 +206,7 @@ def _compare_fills(
 
 
 def _compare_depth(
-    store: Store, outputs: Mapping[str, Log], book_levels: BookLevels, differ: Any
+    store: Store, outputs: Mapping[str, Log], book_levels: BookLevels | None, differ: Any
 ) -> tuple[int, int, list[str]]:
     """Compare ``depth_levels`` with each symbol's book rebuilt from its outputs, and each
     engine stream's checkpoint with its log; return the symbols and levels compared, and
@@ -224,6 +221,7 @@ def _compare_depth(
     for symbol in sorted(outputs):
         name = layout.output_stream(symbol)
         try:
+            assert book_levels is not None  # verify_store refuses outputs without it
             expected, last_seq = book_levels(symbol, outputs[symbol])
         except ValueError as error:
             differ(f"{name} does not replay into a book: {error}")

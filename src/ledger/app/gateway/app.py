@@ -157,7 +157,6 @@ class Gateway:
         self._open_store = open_store
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="gateway-read")
-        self.started_ms = int(time.time() * 1000)
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/v1/openapi.json", self.openapi, methods=["GET"]),
@@ -456,7 +455,7 @@ class Gateway:
 
     def _order_view(self, e: OrderAccepted) -> dict[str, Any]:
         s, _, _ = self._decimals(e.symbol)
-        quote = s.quote if s is not None else e.lock_asset
+        quote = s.quote
         return {"order_id": e.order_id, "client_order_id": e.request_id if e.request_id < GATEWAY_REQUEST_ID_BASE
                 else None, "user": e.user, "symbol": e.symbol, "side": _SIDE_NAMES[e.side],
                 "order_type": _TYPE_NAMES[e.order_type], "tif": _TIF_NAMES[e.tif], "stp": _STP_NAMES[e.stp],
@@ -497,16 +496,18 @@ class Gateway:
             raise HttpError(400, "invalid_field", "a market order's tif is ioc or fok", "$.tif")
         command = PlaceOrder(user, 0, b.symbol, _SIDES[b.side], qty, price,
                              OrderType.LIMIT if b.type == "limit" else OrderType.MARKET, _TIFS[tif], budget,
-                             _STPS[b.stp], int(time.time() * 1000))
+                             _STPS[b.stp], _now_ms())
         return await self._command(request, body, principal, command, b.client_order_id)
 
     async def cancel_order(self, request: Request, principal: Any, body: bytes) -> Response:
         user = self._trader(principal)
         order_id = _path_id(request, "order_id")
-        order = await self.read(lambda store: _order_row(store, order_id))
+        from settlement.store import Queries
+
+        order = await self.read(lambda store: Queries(store).order(order_id))
         if order is not None and order["user"] != user:
             raise HttpError(403, "not_your_account", f"order {order_id} is not this key's")
-        command = CancelOrder(user, 0, order_id, int(time.time() * 1000))
+        command = CancelOrder(user, 0, order_id, _now_ms())
         return await self._command(request, body, principal, command)
 
     async def cancel_by_client_id(self, request: Request, principal: Any, body: bytes) -> Response:
@@ -514,7 +515,7 @@ class Gateway:
         client_id = _path_id(request, "client_id")
         if client_id >= GATEWAY_REQUEST_ID_BASE:
             raise HttpError(400, "invalid_field", f"a client order id is 1..{GATEWAY_REQUEST_ID_BASE - 1}", "path")
-        command = CancelOrder(user, 0, 0, int(time.time() * 1000), client_id)
+        command = CancelOrder(user, 0, 0, _now_ms(), client_id)
         return await self._command(request, body, principal, command)
 
     async def _funds(self, request: Request, principal: Any, body: bytes, kind: type) -> Response:
@@ -525,7 +526,7 @@ class Gateway:
             amount = money.to_minor(b.amount, decimals, "$.amount")
         except money.MoneyError as error:
             raise HttpError(400, "invalid_amount", str(error), error.field) from None
-        return await self._command(request, body, principal, kind(b.user, 0, b.asset, amount, int(time.time() * 1000)))
+        return await self._command(request, body, principal, kind(b.user, 0, b.asset, amount, _now_ms()))
 
     async def deposit(self, request: Request, principal: Any, body: bytes) -> Response:
         return await self._funds(request, principal, body, Deposit)
@@ -540,7 +541,7 @@ class Gateway:
             asset = Asset(b.code, b.decimals)
         except DefinitionError as error:
             raise HttpError(400, "invalid_definition", str(error), "$.code") from None
-        return await self._command(request, body, principal, ListAsset(0, asset, int(time.time() * 1000)))
+        return await self._command(request, body, principal, ListAsset(0, asset, _now_ms()))
 
     async def list_symbol(self, request: Request, principal: Any, body: bytes) -> Response:
         self._operator(principal)
@@ -561,7 +562,7 @@ class Gateway:
             raise HttpError(400, "invalid_amount", str(error), error.field) from None
         except DefinitionError as error:
             raise HttpError(400, "invalid_definition", str(error)) from None
-        return await self._command(request, body, principal, ListSymbol(0, symbol, int(time.time() * 1000)))
+        return await self._command(request, body, principal, ListSymbol(0, symbol, _now_ms()))
 
     async def request_status(self, request: Request, principal: Any, body: bytes) -> Response:
         ref = _path_id(request, "ref")
@@ -625,7 +626,7 @@ class Gateway:
 
     def _trade_view(self, r: dict[str, Any]) -> dict[str, Any]:
         s, _, _ = self._decimals(r["symbol"])
-        base, quote = (s.base, s.quote) if s is not None else ("", "")
+        base, quote = s.base, s.quote
         view = {"trade_id": r["trade_id"], "symbol": r["symbol"], "price": self._price(r["symbol"], r["price"]),
                 "qty": self._qty(r["symbol"], r["qty"]), "base_amount": self._amount(base, r["base_amount"]),
                 "quote_amount": self._amount(quote, r["quote_amount"]), "seq": r["seq"]}
@@ -642,7 +643,7 @@ class Gateway:
         for r in rows:
             view = self._trade_view(r)
             s, _, _ = self._decimals(r["symbol"])
-            fee_asset = (s.base if r["side"] == Side.BUY else s.quote) if s is not None else ""
+            fee_asset = s.base if r["side"] == Side.BUY else s.quote
             view.update(order_id=r["order_id"], side=_SIDE_NAMES[Side(r["side"])],
                         role="maker" if r["maker"] else "taker", fee=self._amount(fee_asset, r["fee"]),
                         fee_asset=fee_asset)
@@ -704,10 +705,10 @@ class Gateway:
         view["seq"] = seq
         symbol = order["symbol"]
         s, _, _ = self._decimals(symbol)
+        fee_asset = s.base if order["side"] == Side.BUY else s.quote
         view["fills"] = [{"trade_id": f["trade_id"], "price": self._price(symbol, f["price"]),
                           "qty": self._qty(symbol, f["qty"]), "role": "maker" if f["maker"] else "taker",
-                          "fee": self._amount((s.base if order["side"] == Side.BUY else s.quote) if s else "",
-                                              f["fee"])} for f in fills]
+                          "fee": self._amount(fee_asset, f["fee"])} for f in fills]
         return _json(200, view)
 
     async def list_orders(self, request: Request, principal: Any, body: bytes) -> Response:
@@ -762,6 +763,12 @@ class Gateway:
         return _json(200, document())
 
 
+def _now_ms() -> int:
+    """The command's timestamp: the gateway's clock when the request came (commands carry
+    their time so that no reducer reads a clock)."""
+    return int(time.time() * 1000)
+
+
 def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
     if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
         raise HttpError(400, "invalid_field", f"{name} must be an integer in {minimum}..{maximum}", name)
@@ -773,9 +780,3 @@ def _path_id(request: Request, name: str) -> int:
     if not 1 <= value <= 2**63 - 1:
         raise HttpError(400, "invalid_field", f"{name} must be an integer in 1..{2**63 - 1}", "path")
     return int(value)
-
-
-def _order_row(store: Any, order_id: int) -> dict[str, Any] | None:
-    from settlement.store import Queries
-
-    return Queries(store).order(order_id)
