@@ -72,3 +72,32 @@ def test_the_gateway_serves_on_file_logs_and_stops_cleanly_on_sigterm(deployment
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "gateway: 0 commands sent" in out, out
+
+
+def test_the_gateways_connections_send_without_waiting_for_acks() -> None:
+    """The listening socket says it is TCP, so asyncio turns Nagle's algorithm off on the
+    connections it accepts (a response is written in two parts: with Nagle on, the second
+    waited for the client's delayed ACK, about 40 ms a request)."""
+    import asyncio
+
+    from ledger.app.gateway.server import listen
+
+    async def accept_one() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("socket")
+            seen.set_result(peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listen("127.0.0.1", 0)
+        server = await asyncio.start_server(on_client, sock=sock)
+        try:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accept_one()) != 0
