@@ -48,6 +48,7 @@ import os
 import re
 import sqlite3
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -1382,7 +1383,13 @@ class _OneLineFormatter(logging.Formatter):
         self.command = command
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"ledger {self.command}: {record.levelname.lower()}: {_one_line(record.getMessage())}"
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            # An unexpected failure: its type, text and innermost frame, still one line.
+            error, frames = record.exc_info[1], traceback.extract_tb(record.exc_info[2])
+            where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+            message = f"{message}: {type(error).__name__}: {error}{where}"
+        return f"ledger {self.command}: {record.levelname.lower()}: {_one_line(message)}"
 
 
 @contextlib.contextmanager
