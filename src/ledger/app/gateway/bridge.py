@@ -18,7 +18,10 @@ What a crash can leave, and how a restart mends it:
 * a row with an offset and no answer: the tailer resumes balance.events from a saved
   position that is never past the answer of a command still being appended (the
   position saved while an append is in flight is the one the tailer had when it began),
-  so the answer is met again and written.
+  so the answer is met again and written;
+* a row whose offset was found only by that search (at a restart, or when a retry finds
+  an append whose outcome was not known): the tailer may have passed its answer already,
+  so balance.events is searched for it (by ``input_offset``) once the offset is stored.
 
 A retry is therefore never a second effect: the same idempotency key finds the row and
 its answer, or its offset (and waits for the answer), or sends the same record again
@@ -70,6 +73,11 @@ TAIL_READ_MAX = 5_000
 SEND_WAIT_S_MAX = 60.0
 # Offsets of balance.operations searched at most for the rows a crash left without one.
 RESOLVE_SCAN_MAX = 1_000_000
+# Records of balance.events read at most: by one probe of the search for a located row's
+# answer (events without an input_offset, such as settlements, are passed over), and by
+# the scan that follows it.
+ANSWER_PROBE_MAX = 1_000
+ANSWER_SCAN_MAX = 1_000_000
 
 NEVER_SENT = -1
 
@@ -249,12 +257,23 @@ class Bridge:
 
     def _resolve_unplaced(self) -> None:
         """Rows a crash left without an offset: find their records in balance.operations
-        (from the oldest row's hint on), in row order, or mark them never sent."""
+        (from the oldest row's hint on), in row order, or mark them never sent. Then the
+        answers of every row with an offset and none, from balance.events: the tailer may
+        have passed them (a row found here, or one found before a crash that came before
+        its answer was looked for); the others are the tailer's still."""
         rows = self._db.execute(
             'SELECT ref, record, ops_hint FROM requests WHERE "offset" IS NULL AND record IS NOT NULL ORDER BY ref'
         ).fetchall()
         if rows:
             self._locate([(ref, bytes(record), hint) for ref, record, hint in rows])
+        waiting = self._db.execute(
+            'SELECT ref, "offset" FROM requests WHERE "offset" >= 0 AND answer IS NULL'
+        ).fetchall()
+        if waiting:
+            answers = self._find_answers([at for _, at in waiting])
+            with _transaction(self._db):
+                self._db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
+                                     [(answers[at], ref) for ref, at in waiting if at in answers])
 
     def _locate(self, rows: list[tuple[int, bytes, int]]) -> dict[int, int]:
         """Find the records of ``rows`` (ref, record, ops_hint) in balance.operations, in
@@ -289,6 +308,9 @@ class Bridge:
                         del wanted[bytes(value)]
             offset = batch.next_offset
         lost = [ref for refs in wanted.values() for ref in refs]
+        # Committed before anything looks for the answers: an answer appended after that
+        # search has passed the log's end is then the tailer's, whose UPDATE by offset
+        # finds the row.
         with _transaction(self._db):
             self._db.executemany('UPDATE requests SET "offset" = ? WHERE ref = ?', found)
             self._db.executemany('UPDATE requests SET "offset" = ? WHERE ref = ?', [(NEVER_SENT, r) for r in lost])
@@ -413,6 +435,8 @@ class Bridge:
                 to_send.append((job, ref, record))
         if unplaced:
             located = self._locate([(ref, record, hint) for _, ref, record, hint in unplaced])
+            # The tailer may have passed their answers while their offsets were not known.
+            answers = self._find_answers([at for at in located.values() if at != NEVER_SENT])
             for job, ref, record, _ in unplaced:
                 assert job.sent is not None
                 at = located.get(ref)
@@ -422,7 +446,11 @@ class Bridge:
                                    (self._known_end, ref))
                     to_send.append((job, ref, record))
                 elif at is not None:
-                    job.sent = msgspec.structs.replace(job.sent, offset=at)
+                    job.sent = msgspec.structs.replace(job.sent, offset=at, answer=answers.get(at))
+            if answers:
+                with _transaction(db):
+                    db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
+                                   [(answers[at], ref) for ref, at in located.items() if at in answers])
         offsets: list[int] = []
         if to_send:
             with self._lock:
@@ -531,6 +559,83 @@ class Bridge:
         if not batch.values:
             raise BridgeError(f"balance.events has no event with seq {seq}")
         return bytes(batch.values[0])
+
+    def _find_answers(self, offsets: list[int]) -> dict[int, bytes]:
+        """The answers already in balance.events (command offset -> encoded event) of the
+        commands at ``offsets`` of balance.operations; those not found are left out (not
+        written yet: the tailer meets them, as the rows' offsets are stored). A binary
+        search for the first answer at or after the smallest offset (input_offsets rise
+        with event offsets; offsets are positions, markers leave holes), then a scan of
+        at most ``ANSWER_SCAN_MAX`` records up to the largest.
+        """
+        wanted = {at for at in offsets if at >= 0}
+        found: dict[int, bytes] = {}
+        with self._lock:
+            for at in list(wanted):
+                known = self._recent.get(at)
+                if known is not None:
+                    found[at] = known
+                    wanted.discard(at)
+        if not wanted:
+            return found
+        smallest, largest = min(wanted), max(wanted)
+        log_ = self.lookup
+        read = 0
+        try:
+            with self._lookup_lock:
+                low, high = 0, log_.end_offset()
+                while low < high:
+                    middle = (low + high) // 2
+                    probe = self._probe_answer(middle)
+                    if probe is None or probe[1] >= smallest:
+                        high = middle  # none met (or not within the probe): look earlier, never skip
+                    else:
+                        low = probe[0] + 1
+                offset = low
+                while wanted and read < ANSWER_SCAN_MAX:
+                    batch = log_.read(offset, TAIL_READ_MAX)
+                    if not batch.values and batch.next_offset <= offset:
+                        break
+                    for at, raw in zip(batch.offsets, batch.values, strict=True):
+                        value = bytes(raw)
+                        input_offset = getattr(EVENTS.decode(value, f"{log_.name} offset {at}"), "input_offset", None)
+                        if input_offset is None:
+                            continue
+                        if input_offset > largest:
+                            wanted.clear()
+                            break
+                        if input_offset in wanted:
+                            found[input_offset] = value
+                            wanted.discard(input_offset)
+                    read += len(batch.values)
+                    offset = batch.next_offset
+        except (LogError, ValueError) as error:
+            log.warning("gateway: looking for the answers of %d located requests failed: %s", len(offsets), error)
+            return found
+        if wanted and read >= ANSWER_SCAN_MAX:
+            log.warning("gateway: %d located requests have no answer in the %s records of %s searched; left pending",
+                        len(wanted), f"{ANSWER_SCAN_MAX:,}", log_.name)
+        return found
+
+    def _probe_answer(self, offset: int) -> tuple[int, int] | None:
+        """(event offset, input_offset) of the first answer at or after ``offset`` of
+        balance.events, within ``ANSWER_PROBE_MAX`` records; None if none is met."""
+        log_ = self.lookup
+        read = 0
+        while read < ANSWER_PROBE_MAX:
+            batch = log_.read(offset, ANSWER_PROBE_MAX - read)
+            if not batch.values:
+                if batch.next_offset <= offset:
+                    return None
+                offset = batch.next_offset
+                continue
+            for at, raw in zip(batch.offsets, batch.values, strict=True):
+                input_offset = getattr(EVENTS.decode(bytes(raw), f"{log_.name} offset {at}"), "input_offset", None)
+                if input_offset is not None:
+                    return at, input_offset
+            read += len(batch.values)
+            offset = batch.next_offset
+        return None
 
     def _tail_loop(self) -> None:
         while not self._stop.is_set():
