@@ -2,7 +2,7 @@
 Python API), with the real services behind both, in one run.
 
     python benchmarks/bench_gateway.py [--kafka 127.0.0.1:9092] [--cql 127.0.0.1:9042]
-        [--clients 32] [--seconds 15] [--rate 200] [--latency-seconds 25] [--rounds 2]
+        [--clients 32] [--seconds 15] [--rate 100] [--latency-seconds 25] [--rounds 2]
         [--skip-project] [--json]
 
 A deployment on fresh topics and a fresh keyspace: ``ledger run ubscore``, ``ledger run
@@ -351,7 +351,7 @@ def main() -> None:
     parser.add_argument("--cql", default="127.0.0.1:9042")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--latency-seconds", type=float, default=25.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-project", action="store_true")

@@ -207,6 +207,9 @@ class Bridge:
         self.events = events
         self.lookup = lookup
         self.on_listing = on_listing
+        # A Kafka log's poll takes what its consumer has fetched, without asking the broker
+        # for the end first (read does: a round trip on every call of an idle tailer).
+        self._tail_read: Callable[[int, int], Any] = getattr(events, "poll", None) or events.read
         self._db = _connect(self.db_path)
         self._db.executescript(_SCHEMA)
         self._tail_db = _connect(self.db_path)
@@ -650,7 +653,7 @@ class Bridge:
         """One read of balance.events; False when the log cannot be trusted past here."""
         db = self._tail_db
         try:
-            batch = self.events.read(self.tail_offset, TAIL_READ_MAX)
+            batch = self._tail_read(self.tail_offset, TAIL_READ_MAX)
         except LogError as error:
             log.warning("gateway: reading balance.events at %d failed: %s", self.tail_offset, error)
             time.sleep(0.5)
