@@ -3,6 +3,7 @@ codes, and a clean stop on SIGTERM (file logs, no server needed)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -67,11 +68,34 @@ def test_the_gateway_serves_on_file_logs_and_stops_cleanly_on_sigterm(deployment
         refused = httpx.post(f"http://127.0.0.1:{port}/v1/orders", content=b"{}", timeout=5)
         assert refused.status_code == 401 and refused.json()["error"] == "missing_header"
         assert httpx.get(f"http://127.0.0.1:{port}/v1/openapi.json", timeout=5).json()["openapi"] == "3.1.0"
+        _kept_alive_past_5_s(port)
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "gateway: 0 commands sent" in out, out
+
+
+def _kept_alive_past_5_s(port: int) -> None:
+    """An idle connection outlives the 5 s after which clients' pools (httpx's default)
+    drop it: had the gateway closed it at 5 s too, a client reusing it at that moment got
+    no answer (seen in the load test)."""
+    from ledger.app.gateway.limits import KEEP_ALIVE_S
+    from ledger.client import CONNECTION_IDLE_S
+
+    assert CONNECTION_IDLE_S < 5 < KEEP_ALIVE_S
+    request = f"GET /v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for pause_s in (0.0, 6.0):
+            time.sleep(pause_s)
+            sock.sendall(request)
+            head = sock.recv(64)
+            assert head.startswith(b"HTTP/1.1 200"), (pause_s, head)
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):  # the rest of the document
+                while sock.recv(65536):
+                    pass
+            sock.settimeout(10)
 
 
 def test_the_gateways_connections_send_without_waiting_for_acks() -> None:

@@ -26,6 +26,10 @@ from ledger.client.signing import sign_headers
 # How long a call waits for the gateway by default (the gateway's own answer timeout is
 # 5 s, after which it answers 202).
 TIMEOUT_S_DEFAULT = 15.0
+# A pooled connection idle this long is closed by the client, well before the gateway
+# closes it (its KEEP_ALIVE_S), so a request never goes out on a connection the gateway
+# is closing.
+CONNECTION_IDLE_S = 4.0
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -120,7 +124,7 @@ class Client(_Base):
 
     def __init__(self, base_url: str, key_id: str, private_key: str, timeout_s: float = TIMEOUT_S_DEFAULT) -> None:
         super().__init__(base_url, key_id, private_key)
-        self._http = httpx.Client(timeout=timeout_s)
+        self._http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(keepalive_expiry=CONNECTION_IDLE_S))
 
     def close(self) -> None:
         self._http.close()
@@ -202,7 +206,9 @@ class AsyncClient(_Base):
     def __init__(self, base_url: str, key_id: str, private_key: str, timeout_s: float = TIMEOUT_S_DEFAULT,
                  max_connections: int = 100) -> None:
         super().__init__(base_url, key_id, private_key)
-        self._http = httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=max_connections))
+        self._http = httpx.AsyncClient(
+            timeout=timeout_s, limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=CONNECTION_IDLE_S)
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -14,3 +14,8 @@ RECV_WINDOW_MS_DEFAULT = 5_000
 # Per key: a trading bot's steady rate, and the burst it may send at once.
 RATE_LIMIT_PER_S_DEFAULT = 20.0
 RATE_BURST_DEFAULT = 40
+# An idle HTTP connection is kept open this long. Longer than the idle time after which
+# clients' pools drop a connection (httpx: 5 s; ledger.client: CONNECTION_IDLE_S): a
+# server closing a connection at the moment its client reuses it fails that request
+# with no answer (seen under load with both at 5 s).
+KEEP_ALIVE_S = 30

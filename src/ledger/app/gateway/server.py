@@ -12,6 +12,7 @@ from typing import Any
 
 from ledger.app.gateway.app import Gateway, GatewayConfig
 from ledger.app.gateway.bridge import Bridge
+from ledger.app.gateway.limits import KEEP_ALIVE_S
 
 log = logging.getLogger("ledger.gateway")
 
@@ -63,7 +64,7 @@ def serve(gateway: Gateway, sock: socket.socket) -> None:
 
     address, port = sock.getsockname()[:2]
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)
     server = uvicorn.Server(config)
 
     original = server.startup
