@@ -213,3 +213,31 @@ def test_answers_are_found_by_input_offset_across_holes_and_settlements(
             assert bridge._find_answers(wanted) == {at: truth[at] for at in wanted if at in truth}
     finally:
         bridge.close()
+
+
+def test_a_full_queue_refuses_a_command_at_once_and_writes_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the writer stopped (a log that is away), commands queue up to
+    ``JOBS_QUEUED_MAX``; the next is refused at once, before any row is written."""
+    monkeypatch.setattr(bridge_module, "JOBS_QUEUED_MAX", 3)
+    streams = FileStreams(tmp_path / "d", FsyncPolicy("never"))
+    streams.create_inputs()
+    bridge = Bridge(tmp_path / "g.db", streams.commands(writer=True), streams.events(), streams.events())
+
+    async def fill() -> str:
+        waiting = [asyncio.create_task(bridge.send(DEPOSIT, SCOPE, f"k{i}", DIGEST, None)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        try:
+            await bridge.send(DEPOSIT, SCOPE, "k3", DIGEST, None)
+        except bridge_module.BridgeError as error:
+            return str(error)
+        finally:
+            for task in waiting:
+                task.cancel()
+        raise AssertionError("the fourth command was queued")
+
+    assert "3 commands are waiting" in asyncio.run(fill())
+    with sqlite3.connect(str(tmp_path / "g.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)
+    assert streams.commands().end_offset() == 0
+    bridge.close()

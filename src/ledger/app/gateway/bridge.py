@@ -71,6 +71,9 @@ TAIL_IDLE_S = 0.002
 TAIL_READ_MAX = 5_000
 # How long a request waits for the writer to take it (a stuck append: then 503).
 SEND_WAIT_S_MAX = 60.0
+# Commands waiting for the writer, at most: beyond (the log is slow or away), a command
+# is refused at once (503: nothing was written, a retry is safe) instead of queueing.
+JOBS_QUEUED_MAX = 10_000
 # Offsets of balance.operations searched at most for the rows a crash left without one.
 RESOLVE_SCAN_MAX = 1_000_000
 # Records of balance.events read at most: by one probe of the search for a located row's
@@ -341,6 +344,8 @@ class Bridge:
             raise BridgeError(self.failure)
         job = _Job(command, scope, idem_key, digest, client_request_id, asyncio.get_running_loop())
         with self._jobs_ready:
+            if len(self._jobs) >= JOBS_QUEUED_MAX:
+                raise BridgeError(f"{JOBS_QUEUED_MAX:,} commands are waiting to be sent; nothing was written, retry")
             self._jobs.append(job)
             self._jobs_ready.notify()
         try:
