@@ -108,3 +108,86 @@ def test_the_command_line_takes_kafka_settings_from_the_environment(environ: dic
                               timeout=60, env={**os.environ, **environ})
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and expected in done.stderr and SECRET not in done.stderr
+
+
+class _Error:
+    def __init__(self, code: int) -> None:
+        self._code = code
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return f"KafkaError code {self._code}"
+
+
+class _Message:
+    def __init__(self, offset: int, value: bytes | None = None, error: _Error | None = None) -> None:
+        self._offset, self._value, self._error = offset, value, error
+
+    def error(self) -> _Error | None:
+        return self._error
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class _Partition:
+    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class _Consumer:
+    """Gives what the broker gave: records in order, each batch from where the last
+    one stopped, and the position past the last record it handed out."""
+
+    def __init__(self, records: dict[int, bytes], batches: list[list[_Message]]) -> None:
+        self.records, self.batches, self.position_at, self.assigned = records, batches, 0, []
+
+    def assign(self, partitions: list[_Partition]) -> None:
+        self.assigned.append(partitions[0].offset)
+        self.position_at = partitions[0].offset
+        self.batches = [[_Message(o, v) for o, v in sorted(self.records.items()) if o >= self.position_at]]
+
+    def consume(self, count: int, timeout: float) -> list[_Message]:
+        if not self.batches:
+            return []
+        batch = self.batches.pop(0)
+        for message in batch:
+            if message.error() is None:
+                self.position_at = message.offset() + 1
+        return batch
+
+    def position(self, partitions: list[_Partition]) -> list[_Partition]:
+        return [_Partition(partitions[0].topic, partitions[0].partition, self.position_at)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_error_after_records_in_one_fetch_loses_none_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consume() that returns records and then an error: the read raises, and the next
+    read from the same offset assigns again and gets those records (before, the consumer
+    had moved past them and they were never returned). A stand-in consumer: the broker
+    cannot be made to fail on cue."""
+    import types
+
+    from ledger.logs import kafka as kafka_module
+    from ledger.logs.base import LogError
+
+    stub = types.SimpleNamespace(TopicPartition=_Partition, KafkaError=types.SimpleNamespace(_PARTITION_EOF=-191))
+    monkeypatch.setattr(kafka_module, "_kafka", lambda: stub)
+    log = KafkaLog("127.0.0.1:9092", "balance.events")
+    records = {10: b"a", 11: b"b", 12: b"c"}
+    consumer = _Consumer(records, [[_Message(10, b"a"), _Message(11, b"b"), _Message(-1, error=_Error(-195))],
+                                   [_Message(12, b"c")]])
+    log._consumer, log._consumer_position, log._no_records_from, log._delivered = consumer, 10, 10, True
+    monkeypatch.setattr(log, "watermarks", lambda: (0, 13))  # a read asks the broker for the end first
+    with pytest.raises(LogError, match="code -195"):
+        log.poll(10, 100)
+    batch = log.poll(10, 100)
+    assert list(batch.offsets) == [10, 11, 12] and [bytes(v) for v in batch.values] == [b"a", b"b", b"c"]
+    assert consumer.assigned == [10]

@@ -545,6 +545,9 @@ class KafkaLog:
             if error is not None:
                 if error.code() == kafka.KafkaError._PARTITION_EOF:
                     continue
+                # The consumer has moved past the records before the error, which the
+                # caller never gets: the next read must assign again from its offset.
+                self._consumer_position = -1
                 raise LogError(f"{self.name} offset {message.offset()}: {error}")
             self._delivered = True
             offsets.append(message.offset())
