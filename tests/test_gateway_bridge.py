@@ -159,6 +159,27 @@ def test_a_retry_at_run_time_gets_the_answer_the_tailer_passed(
     assert bridge.stored(ref) == (SCOPE, GATEWAY_REQUEST_ID_BASE + ref, at, answer)
 
 
+def test_a_row_with_an_offset_the_tailer_passed_is_searched_again_at_a_retry(
+    tmp_path: Path, streams: FileStreams, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The row has its offset but no answer, the tailer is past the answer, and the answer
+    # is no longer in memory: how a search that failed (a log error) leaves a row. A
+    # retry looks again instead of answering "pending" until the next restart.
+    monkeypatch.setattr(bridge_module, "RECENT_ANSWERS_MAX", 1)
+    bridge.start()
+    db = tmp_path / "gateway.db"
+    ref, record = crashed_row(db, bridge.commands.end_offset())
+    at = append_around(bridge, record)
+    run_exchange(streams)
+    end = streams.events().end_offset()
+    wait_for(lambda: bridge.tail_offset >= end, "the tailer reaches the end of balance.events")
+    with sqlite3.connect(str(db), isolation_level=None) as conn:
+        conn.execute('UPDATE requests SET "offset" = ? WHERE ref = ?', (at, ref))
+    answer = answer_of(streams, at)
+    assert retry(bridge) == Sent(ref, GATEWAY_REQUEST_ID_BASE + ref, at, answer, replayed=True)
+    assert bridge.stored(ref) == (SCOPE, GATEWAY_REQUEST_ID_BASE + ref, at, answer)
+
+
 def test_an_answer_written_after_the_search_is_the_tailers(
     tmp_path: Path, streams: FileStreams, bridge: Bridge
 ) -> None:
@@ -207,10 +228,40 @@ def test_answers_are_found_by_input_offset_across_holes_and_settlements(
     assert len(truth) < len(values)  # settlements without input_offset between the answers
     bridge = Bridge(tmp_path / "gateway.db", memory.commands(), memory.events(), _Holes(values))  # type: ignore[arg-type]
     monkeypatch.setattr(bridge_module, "ANSWER_PROBE_MAX", 2)  # probes that meet no answer, too
+    bridge.tail_offset = 2 * len(values)  # the tailer has passed them all
     try:
         last = max(truth)
         for wanted in ([0], [last], [5, 6, 7], [17, 90, 250], list(range(last + 1)), [last + 1], [3, last + 5]):
             assert bridge._find_answers(wanted) == {at: truth[at] for at in wanted if at in truth}
+        # Answers at or past the tailer's position are the tailer's to write: not searched.
+        bridge.tail_offset = len(values)
+        seen = {at for at, raw in truth.items() if 2 * values.index(raw) < len(values)}
+        assert bridge._find_answers(list(truth)) == {at: truth[at] for at in seen}
+    finally:
+        bridge.close()
+
+
+def test_a_long_run_of_settlements_does_not_hide_an_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that lands in a run of events without an input_offset (an engine catching
+    up, a sweep of a deep book) reads on past it: the search never starts the scan far
+    too early and runs out of its budget before the answer (it did, found by review)."""
+    memory = MemoryStreams()
+    memory.commands(writer=True).append([COMMANDS.encode(c) for c in seeded_commands(seed=4, count=300, users=6)])
+    run_exchange(memory)
+    values = records(memory.events())
+    answers = [raw for raw in values if hasattr(EVENTS.decode(raw), "input_offset")]
+    settlement = next(raw for raw in values if not hasattr(EVENTS.decode(raw), "input_offset"))
+    half = len(answers) // 2
+    holed = answers[:half] + [settlement] * 400 + answers[half:]
+    monkeypatch.setattr(bridge_module, "ANSWER_PROBE_MAX", 2)
+    monkeypatch.setattr(bridge_module, "ANSWER_SCAN_MAX", 40)
+    monkeypatch.setattr(bridge_module, "TAIL_READ_MAX", 10)  # the scan reads in steps its budget can stop
+    bridge = Bridge(tmp_path / "gateway.db", memory.commands(), memory.events(), _Holes(holed))  # type: ignore[arg-type]
+    bridge.tail_offset = 2 * len(holed)
+    try:
+        for raw in (answers[-1], answers[half], answers[half - 1], answers[0]):
+            at = EVENTS.decode(raw).input_offset
+            assert bridge._find_answers([at]) == {at: raw}, at
     finally:
         bridge.close()
 
@@ -241,3 +292,32 @@ def test_a_full_queue_refuses_a_command_at_once_and_writes_nothing(tmp_path: Pat
         assert db.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)
     assert streams.commands().end_offset() == 0
     bridge.close()
+
+
+def test_a_send_that_waits_too_long_says_whether_anything_may_have_been_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``SEND_WAIT_S_MAX``, a command the writer never took is withdrawn (nothing
+    written, a plain retry is safe); one it took but has not finished is an unknown
+    outcome (retry only under the same key)."""
+    monkeypatch.setattr(bridge_module, "SEND_WAIT_S_MAX", 0.1)
+    streams = FileStreams(tmp_path / "d", FsyncPolicy("never"))
+    streams.create_inputs()
+    bridge = Bridge(tmp_path / "g.db", streams.commands(writer=True), streams.events(), streams.events())
+    try:
+        with pytest.raises(bridge_module.BridgeError, match="nothing was written") as refused:
+            asyncio.run(bridge.send(DEPOSIT, SCOPE, "k0", DIGEST, None))
+        assert not isinstance(refused.value, bridge_module.OutcomeUnknown)
+        assert not bridge._jobs  # withdrawn: no writer will send it later
+
+        async def taken_and_stuck() -> None:
+            sending = asyncio.ensure_future(bridge.send(DEPOSIT, SCOPE, "k1", DIGEST, None))
+            await asyncio.sleep(0.02)
+            with bridge._jobs_ready:
+                bridge._jobs.popleft()  # a writer took it, and its append hangs
+            await sending
+
+        with pytest.raises(bridge_module.OutcomeUnknown, match="same Idempotency-Key"):
+            asyncio.run(taken_and_stuck())
+    finally:
+        bridge.close()

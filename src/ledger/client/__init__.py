@@ -124,7 +124,8 @@ class Client(_Base):
 
     def __init__(self, base_url: str, key_id: str, private_key: str, timeout_s: float = TIMEOUT_S_DEFAULT) -> None:
         super().__init__(base_url, key_id, private_key)
-        self._http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(keepalive_expiry=CONNECTION_IDLE_S))
+        self._http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=CONNECTION_IDLE_S))
 
     def close(self) -> None:
         self._http.close()

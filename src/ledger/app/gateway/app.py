@@ -26,7 +26,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ledger.app.gateway import money
-from ledger.app.gateway.bridge import GATEWAY_REQUEST_ID_BASE, Bridge, BridgeError, is_duplicate, request_digest
+from ledger.app.gateway.bridge import (
+    GATEWAY_REQUEST_ID_BASE,
+    Bridge,
+    BridgeError,
+    OutcomeUnknown,
+    is_duplicate,
+    request_digest,
+)
 from ledger.app.gateway.limits import ANSWER_TIMEOUT_S_DEFAULT, HEALTH_LAG_MAX_DEFAULT, READ_WAIT_S_DEFAULT
 from ledger.app.gateway.schema import AssetBody, ErrorBody, FundsBody, OrderBody, SymbolBody, to_json
 from ledger.logs import layout
@@ -268,6 +275,8 @@ class Gateway:
                 return _error(HttpError(error.status, error.code, error.message))
             except HttpError as error:
                 return _error(error)
+            except OutcomeUnknown as error:
+                return _error(HttpError(503, "outcome_unknown", str(error), retry_after_s=1.0))
             except BridgeError as error:
                 return _error(HttpError(503, "unavailable", str(error), retry_after_s=1.0))
             except Exception as error:  # noqa: BLE001 (answered as JSON and logged, never a bare 500 page)

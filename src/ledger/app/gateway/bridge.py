@@ -76,9 +76,9 @@ SEND_WAIT_S_MAX = 60.0
 JOBS_QUEUED_MAX = 10_000
 # Offsets of balance.operations searched at most for the rows a crash left without one.
 RESOLVE_SCAN_MAX = 1_000_000
-# Records of balance.events read at most: by one probe of the search for a located row's
-# answer (events without an input_offset, such as settlements, are passed over), and by
-# the scan that follows it.
+# The search for a located row's answer: records of balance.events per read of one
+# probe (events without an input_offset, such as settlements, are passed over), and
+# records read at most by the scan that follows it.
 ANSWER_PROBE_MAX = 1_000
 ANSWER_SCAN_MAX = 1_000_000
 
@@ -106,6 +106,11 @@ CREATE TABLE IF NOT EXISTS gateway_tail (id INTEGER PRIMARY KEY CHECK (id = 1), 
 
 class BridgeError(Exception):
     """The gateway cannot reach, or trust, the logs it works on."""
+
+
+class OutcomeUnknown(BridgeError):
+    """A command may have been written, or not: only a retry under its idempotency key
+    (or its client order id) is safe."""
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -223,6 +228,8 @@ class Bridge:
         self._recent: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes]]]] = {}
         self._inflight_from: int | None = None
+        # The highest input_offset the tailer has met (-1: none yet).
+        self._answered_through = -1
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._known_end = 0
@@ -351,7 +358,18 @@ class Bridge:
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), SEND_WAIT_S_MAX)
         except TimeoutError:
-            raise BridgeError(f"the gateway's writer did not take the command within {SEND_WAIT_S_MAX:g} s") from None
+            with self._jobs_ready:
+                try:
+                    self._jobs.remove(job)  # not taken yet: it never will be
+                except ValueError:
+                    taken = True
+                else:
+                    taken = False
+            if not taken:
+                raise BridgeError(f"the gateway's writer did not take the command within {SEND_WAIT_S_MAX:g} s; "
+                                  "nothing was written, retry") from None
+            raise OutcomeUnknown(f"the command is being appended and has no outcome after {SEND_WAIT_S_MAX:g} s; "
+                                 "retry with the same Idempotency-Key") from None
 
     def _take_jobs(self) -> list[_Job]:
         with self._jobs_ready:
@@ -392,6 +410,7 @@ class Bridge:
         seen_keys: dict[tuple[str, str], tuple[bytes, _Job | None, Sent | None]] = {}
         followers: list[tuple[_Job, tuple[bytes, _Job | None, Sent | None]]] = []
         unplaced: list[tuple[_Job, int, bytes, int]] = []
+        stale: list[tuple[_Job, int, int]] = []  # job, ref, offset
         now = _now_ms()
         with _transaction(db):
             for job in jobs:
@@ -425,6 +444,10 @@ class Bridge:
                             job.sent = found
                         else:
                             job.sent = found
+                            if answer is None and offset is not None and 0 <= offset <= self._answered_through:
+                                # The tailer is past its answer and the row never got it (a
+                                # search that failed, an answer evicted from _recent): look.
+                                stale.append((job, ref, offset))
                         seen_keys[(job.scope, job.idem_key)] = (bytes(digest), job, found)
                         continue
                     seen_keys[(job.scope, job.idem_key)] = (job.digest, job, None)
@@ -459,6 +482,15 @@ class Bridge:
                 with _transaction(db):
                     db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
                                    [(answers[at], ref) for ref, at in located.items() if at in answers])
+        if stale:
+            answers = self._find_answers([at for _, _, at in stale])
+            for job, _, at in stale:
+                assert job.sent is not None
+                job.sent = msgspec.structs.replace(job.sent, answer=answers.get(at))
+            if answers:
+                with _transaction(db):
+                    db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
+                                   [(answers[at], ref) for _, ref, at in stale if at in answers])
         offsets: list[int] = []
         if to_send:
             with self._lock:
@@ -570,11 +602,13 @@ class Bridge:
 
     def _find_answers(self, offsets: list[int]) -> dict[int, bytes]:
         """The answers already in balance.events (command offset -> encoded event) of the
-        commands at ``offsets`` of balance.operations; those not found are left out (not
-        written yet: the tailer meets them, as the rows' offsets are stored). A binary
-        search for the first answer at or after the smallest offset (input_offsets rise
-        with event offsets; offsets are positions, markers leave holes), then a scan of
-        at most ``ANSWER_SCAN_MAX`` records up to the largest.
+        commands at ``offsets`` of balance.operations, whose offsets are stored in their
+        rows before this is called; those not found are left out. Only answers before the
+        tailer's position can have been missed: from there on the tailer meets them and
+        writes them into the rows by offset. So the search is bounded by that position: a
+        binary search for the first answer at or after the smallest offset (input_offsets
+        rise with event offsets; offsets are positions, markers leave holes), then a scan
+        of at most ``ANSWER_SCAN_MAX`` records up to the largest.
         """
         wanted = {at for at in offsets if at >= 0}
         found: dict[int, bytes] = {}
@@ -584,6 +618,9 @@ class Bridge:
                 if known is not None:
                     found[at] = known
                     wanted.discard(at)
+            # Read with _recent, under the lock the tailer moves it under: an answer from
+            # here on is one the tailer has not yet written into the rows.
+            limit = self.tail_offset
         if not wanted:
             return found
         smallest, largest = min(wanted), max(wanted)
@@ -591,16 +628,22 @@ class Bridge:
         read = 0
         try:
             with self._lookup_lock:
-                low, high = 0, log_.end_offset()
+                # The smallest position whose first answer at or after it has an
+                # input_offset of at least ``smallest`` (true from there on, false before);
+                # ``offset`` is where that answer is: the scan starts on it, never before
+                # a run of settlements ahead of it.
+                low, high = 0, min(log_.end_offset(), limit)
+                offset = high
                 while low < high:
                     middle = (low + high) // 2
-                    probe = self._probe_answer(middle)
-                    if probe is None or probe[1] >= smallest:
-                        high = middle  # none met (or not within the probe): look earlier, never skip
+                    probe = self._probe_answer(middle, high)
+                    if probe is None:
+                        high = middle  # no answer in [middle, high): the next is at ``offset``
+                    elif probe[1] >= smallest:
+                        high, offset = middle, probe[0]
                     else:
                         low = probe[0] + 1
-                offset = low
-                while wanted and read < ANSWER_SCAN_MAX:
+                while wanted and offset < limit and read < ANSWER_SCAN_MAX:
                     batch = log_.read(offset, TAIL_READ_MAX)
                     if not batch.values and batch.next_offset <= offset:
                         break
@@ -609,7 +652,7 @@ class Bridge:
                         input_offset = getattr(EVENTS.decode(value, f"{log_.name} offset {at}"), "input_offset", None)
                         if input_offset is None:
                             continue
-                        if input_offset > largest:
+                        if input_offset > largest or at >= limit:
                             wanted.clear()
                             break
                         if input_offset in wanted:
@@ -625,23 +668,24 @@ class Bridge:
                         len(wanted), f"{ANSWER_SCAN_MAX:,}", log_.name)
         return found
 
-    def _probe_answer(self, offset: int) -> tuple[int, int] | None:
-        """(event offset, input_offset) of the first answer at or after ``offset`` of
-        balance.events, within ``ANSWER_PROBE_MAX`` records; None if none is met."""
+    def _probe_answer(self, offset: int, limit: int) -> tuple[int, int] | None:
+        """(event offset, input_offset) of the first answer at or after ``offset`` and
+        before ``limit`` of balance.events (read ``ANSWER_PROBE_MAX`` records at a time,
+        past any run of events without an input_offset); None if there is none."""
         log_ = self.lookup
-        read = 0
-        while read < ANSWER_PROBE_MAX:
-            batch = log_.read(offset, ANSWER_PROBE_MAX - read)
+        while offset < limit:
+            batch = log_.read(offset, min(ANSWER_PROBE_MAX, limit - offset))
             if not batch.values:
                 if batch.next_offset <= offset:
                     return None
                 offset = batch.next_offset
                 continue
             for at, raw in zip(batch.offsets, batch.values, strict=True):
+                if at >= limit:
+                    return None
                 input_offset = getattr(EVENTS.decode(bytes(raw), f"{log_.name} offset {at}"), "input_offset", None)
                 if input_offset is not None:
                     return at, input_offset
-            read += len(batch.values)
             offset = batch.next_offset
         return None
 
@@ -686,6 +730,8 @@ class Bridge:
             woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes], bytes]] = []
             for value, at in answers:
                 recent[at] = value
+                if at > self._answered_through:
+                    self._answered_through = at
                 for loop, future in self._waiters.pop(at, ()):
                     woken.append((loop, future, value))
             while len(recent) > RECENT_ANSWERS_MAX:

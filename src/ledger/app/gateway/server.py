@@ -64,7 +64,8 @@ def serve(gateway: Gateway, sock: socket.socket) -> None:
 
     address, port = sock.getsockname()[:2]
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)
+                            timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S,
+                            log_config=None)  # uvicorn's loggers go to ours: one line each
     server = uvicorn.Server(config)
 
     original = server.startup
