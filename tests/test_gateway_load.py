@@ -87,6 +87,7 @@ class Tally:
         self.statuses: collections.Counter[int] = collections.Counter()
         self.by_kind: collections.Counter[tuple[str, int]] = collections.Counter()
         self.unexpected: list[tuple[str, Reply]] = []
+        self.stale_bursts = 0
         self.seq_max = 0
         self.limited_users: set[int] = set()
         self.latencies_s: list[float] = []
@@ -95,7 +96,12 @@ class Tally:
     def note(self, kind: str, user: int, reply: Reply) -> Reply:
         self.statuses[reply.status] += 1
         self.by_kind[(kind, reply.status)] += 1
-        if reply.status not in EXPECTED and not (reply.status == 504 and kind in READS_AT_THE_END):
+        if kind == "burst" and reply.status == 401 and reply.body.get("error") == "stale_timestamp":
+            # A burst overloads on purpose: on a slow machine a request of it can wait in
+            # the queues past the receive window, and is refused as stale, by design
+            # (seen once in CI, 2 of 30). The steady clients' requests may not be.
+            self.stale_bursts += 1
+        elif reply.status not in EXPECTED and not (reply.status == 504 and kind in READS_AT_THE_END):
             self.unexpected.append((kind, reply))
         if reply.status == 429:
             self.limited_users.add(user)
@@ -309,9 +315,12 @@ def test_many_clients_through_the_gateway_and_every_answer_agrees_with_the_balan
     print("  phases: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in tally.phases_s.items()))
     print(f"  latency of the traders' requests: p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
           f"p99 {latencies[len(latencies) * 99 // 100] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
-    print(f"  users refused with 429: {len(tally.limited_users)}; highest seq answered: {tally.seq_max:,}")
+    print(f"  users refused with 429: {len(tally.limited_users)}; highest seq answered: {tally.seq_max:,}; "
+          f"burst requests refused as stale: {tally.stale_bursts}")
 
     assert not tally.unexpected, tally.unexpected[:5]
+    bursts = sum(n for (kind, _), n in tally.by_kind.items() if kind == "burst")
+    assert tally.stale_bursts * 4 <= bursts, (tally.stale_bursts, bursts)  # an exception, not the rule
     assert tally.statuses[429] > 0 and tally.limited_users, "the rate limit was never reached"
     assert not any(status >= 500 for status in tally.statuses)
 
