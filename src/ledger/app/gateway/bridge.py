@@ -283,10 +283,17 @@ class Bridge:
             'SELECT ref, "offset" FROM requests WHERE "offset" >= 0 AND answer IS NULL'
         ).fetchall()
         if waiting:
-            answers = self._find_answers([at for _, at in waiting])
+            self._answer_rows(waiting)
+
+    def _answer_rows(self, rows: list[tuple[int, int]]) -> dict[int, bytes]:
+        """Find the answers of ``rows`` (ref, offset: stored already) in balance.events and
+        write them into the rows; returns offset -> answer for those found."""
+        answers = self._find_answers([at for _, at in rows])
+        if answers:
             with _transaction(self._db):
                 self._db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
-                                     [(answers[at], ref) for ref, at in waiting if at in answers])
+                                     [(answers[at], ref) for ref, at in rows if at in answers])
+        return answers
 
     def _locate(self, rows: list[tuple[int, bytes, int]]) -> dict[int, int]:
         """Find the records of ``rows`` (ref, record, ops_hint) in balance.operations, in
@@ -467,7 +474,7 @@ class Bridge:
         if unplaced:
             located = self._locate([(ref, record, hint) for _, ref, record, hint in unplaced])
             # The tailer may have passed their answers while their offsets were not known.
-            answers = self._find_answers([at for at in located.values() if at != NEVER_SENT])
+            answers = self._answer_rows([(ref, at) for ref, at in located.items() if at != NEVER_SENT])
             for job, ref, record, _ in unplaced:
                 assert job.sent is not None
                 at = located.get(ref)
@@ -478,19 +485,11 @@ class Bridge:
                     to_send.append((job, ref, record))
                 elif at is not None:
                     job.sent = msgspec.structs.replace(job.sent, offset=at, answer=answers.get(at))
-            if answers:
-                with _transaction(db):
-                    db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
-                                   [(answers[at], ref) for ref, at in located.items() if at in answers])
         if stale:
-            answers = self._find_answers([at for _, _, at in stale])
+            answers = self._answer_rows([(ref, at) for _, ref, at in stale])
             for job, _, at in stale:
                 assert job.sent is not None
                 job.sent = msgspec.structs.replace(job.sent, answer=answers.get(at))
-            if answers:
-                with _transaction(db):
-                    db.executemany("UPDATE requests SET answer = ? WHERE ref = ? AND answer IS NULL",
-                                   [(answers[at], ref) for _, ref, at in stale if at in answers])
         offsets: list[int] = []
         if to_send:
             with self._lock:
