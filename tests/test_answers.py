@@ -100,7 +100,16 @@ def memory_run() -> tuple[MemoryLog, list]:
 def test_answer_types_are_the_events_with_an_input_offset() -> None:
     names = sorted(kind.__name__ for kind in ANSWER_TYPES)
     assert names == sorted(
-        ["AssetListed", "SymbolListed", "Deposited", "Withdrawn", "OrderAccepted", "CancelRequested", "Rejected"]
+        [
+            "AssetListed",
+            "SymbolListed",
+            "Deposited",
+            "Withdrawn",
+            "OrderAccepted",
+            "CancelRequested",
+            "AmendRequested",
+            "Rejected",
+        ]
     )
 
 

@@ -72,10 +72,12 @@ from heapq import heapify, heappop, heappush
 import msgspec
 
 from ledger.protocol.commands import OrderType, SelfTrade, Side, TimeInForce
-from ledger.protocol.limits import ORDER_PRICE_TICKS_MAX
+from ledger.protocol.limits import ORDER_PRICE_TICKS_MAX, ORDER_QTY_LOTS_MAX
 from ledger.protocol.outputs import (
+    AmendRejected,
     BookOpened,
     EngineOutput,
+    OrderAmended,
     OrderCancelled,
     OrderExpired,
     OrderRejected,
@@ -144,6 +146,7 @@ _IOC_REMAINDER = int(Reason.IOC_REMAINDER)
 _FOK_NOT_FILLABLE = int(Reason.FOK_NOT_FILLABLE)
 _POST_ONLY_WOULD_TAKE = int(Reason.POST_ONLY_WOULD_TAKE)
 _CANCELLED_BY_USER = int(Reason.CANCELLED_BY_USER)
+_AMEND_ALREADY_FILLED = int(Reason.AMEND_ALREADY_FILLED)
 
 # Rejections that answer a request without ending any order.
 _NOT_TERMINAL = (_DUPLICATE, _UNKNOWN)
@@ -461,6 +464,73 @@ class OrderBook:
             self.finish(order_id)
         return outputs
 
+    def amend(
+        self,
+        input_seq: int,
+        order_id: int,
+        user: int,
+        keep_priority: bool,
+        price: int,
+        qty: int,
+        qty_before: int,
+        stp: int = _CANCEL_TAKER,
+        post_only: bool = False,
+    ) -> list[EngineOutput]:
+        """UBSCore's amend (``AmendRequested``): make the order's total ``qty`` lots,
+        ``qty_before`` being its total as UBSCore last accepted it, so what the order has
+        filled counts towards the new total whatever filled since.
+
+        A reduce (``keep_priority``) lowers what rests in place and keeps its priority; a
+        replace moves the order to ``price`` with its new remainder, losing priority, and
+        if that crosses trades first as a GTC limit taker under ``stp``. The first output
+        is ``OrderAmended`` (the new state), then a replace's trades and end as in
+        ``place``. If the order has filled ``qty`` or more it ends, ``OrderCancelled``
+        with ``AMEND_ALREADY_FILLED``, and nothing trades. ``AmendRejected`` changes
+        nothing: ``UNKNOWN_ORDER`` if the order no longer rests, ``POST_ONLY_WOULD_TAKE``
+        if a ``post_only`` replace would cross.
+        """
+        order = self.orders.get(order_id)
+        if order is None:
+            self.seq += 1
+            return [AmendRejected(self.seq, self.symbol, input_seq, order_id, user, _UNKNOWN)]
+        if order.user != user:
+            raise BookError(f"amend of order {order_id} by user {user}, but user {order.user} owns it")
+        if not 0 < qty <= ORDER_QTY_LOTS_MAX or not order.remaining <= qty_before <= ORDER_QTY_LOTS_MAX:
+            raise BookError(f"amend of order {order_id}: total {qty_before} -> {qty!r} with {order.remaining} resting")
+        remaining = order.remaining - (qty_before - qty)
+        if remaining <= 0:
+            self.remove(order)
+            self.finish(order_id)
+            self.seq += 1
+            return [OrderCancelled(self.seq, self.symbol, input_seq, order_id, user, order.remaining,
+                                   _AMEND_ALREADY_FILLED)]
+        side = order.side
+        if keep_priority:
+            if price != order.price or qty >= qty_before:
+                raise BookError(f"reduce of order {order_id} to {qty} at {price}: it has {qty_before} at {order.price}")
+            self.reduce(order_id, remaining)
+            self.seq += 1
+            return [OrderAmended(self.seq, self.symbol, input_seq, order_id, user, side, price, qty, remaining, True)]
+        if not 0 < price <= ORDER_PRICE_TICKS_MAX or stp not in _STPS:
+            raise BookError(f"replace of order {order_id}: price {price!r} or self-trade rule {stp!r} not valid")
+        buying = side == _BUY
+        best = self.best[1] if buying else self.best[0]
+        if post_only and ((best <= price) if buying else (best >= price)):
+            self.seq += 1
+            return [AmendRejected(self.seq, self.symbol, input_seq, order_id, user, _POST_ONLY_WOULD_TAKE)]
+        # Off the book first, so the order cannot meet itself while it takes.
+        self.remove(order)
+        self.seq += 1
+        outputs: list[EngineOutput] = [
+            OrderAmended(self.seq, self.symbol, input_seq, order_id, user, side, price, qty, remaining, False)
+        ]
+        remaining, stopped = self._take(input_seq, order_id, user, side, stp, remaining, price, price, -1, outputs)
+        if remaining:
+            self._end_remainder(input_seq, order_id, user, side, _GTC, False, remaining, price, stopped, outputs)
+        else:
+            self.finish(order_id)
+        return outputs
+
     # -- matching ---------------------------------------------------------------------
 
     def _end_untouched(
@@ -700,6 +770,12 @@ class OrderBook:
                 if output.reason != _POST_ONLY_WOULD_TAKE or self.is_known(output.order_id):
                     raise BookError(f"{where}: rejection {output.reason} of order {output.order_id} does not fit")
                 self.finish(output.order_id)
+        elif isinstance(output, OrderAmended):
+            self._apply_amended(output, where)
+        elif isinstance(output, AmendRejected):
+            resting = output.order_id in self.orders
+            if output.reason != (_POST_ONLY_WOULD_TAKE if resting else _UNKNOWN):
+                raise BookError(f"{where}: amend refusal {output.reason} of order {output.order_id} does not fit")
         elif isinstance(output, BookOpened):
             if self.seq != 0:
                 raise BookError(f"{where}: a book opens once, at the start of its stream")
@@ -754,6 +830,19 @@ class OrderBook:
             self.reprice(r.order_id, r.price)
         else:
             raise BookError(f"{where}: order {r.order_id} rests with {r.qty_remaining}, had {order.remaining}")
+
+    def _apply_amended(self, a: OrderAmended, where: str) -> None:
+        order = self.orders.get(a.order_id)
+        if order is None or order.user != a.user or order.side != a.side or not 0 < a.qty_remaining <= a.qty:
+            raise BookError(f"{where}: amend of order {a.order_id} to {a.qty_remaining} does not fit the book")
+        if a.priority_kept:
+            if a.price != order.price:
+                raise BookError(f"{where}: a reduce moves order {a.order_id} from {order.price} to {a.price}")
+            self.reduce(a.order_id, a.qty_remaining)
+        else:
+            # A replace takes the order off the book: its trades as a taker and its end
+            # (OrderRested, OrderCancelled, or a trade that fills it) follow, as for a new one.
+            self.remove(order)
 
     # -- invariants -------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 
 Inputs it acts on: ``SymbolListed`` of its own symbol (lot and tick), answered with the
 stream's first output, ``BookOpened``, which carries the definition; and
-``OrderAccepted`` and ``CancelRequested`` of its own symbol. Every other event, and these
+``OrderAccepted``, ``CancelRequested`` and ``AmendRequested`` of its own symbol. Every other event, and these
 events for other symbols, is ignored, so an engine can read the whole of balance.events.
 Every output carries the stream's contiguous ``seq`` and the ``input_seq`` of the event
 that caused it. The matching rules are in ``matching.book``.
@@ -13,7 +13,9 @@ order's terminal output and nothing else about the order follows; an order that 
 other way gets exactly one ``OrderCancelled``, ``OrderExpired`` or ``OrderRejected``, on
 which UBSCore releases what the order still has locked. An ``OrderRejected`` with reason
 ``UNKNOWN_ORDER`` answers a cancel that lost the race with the order's end; UBSCore
-ignores it.
+ignores it. An amend is answered ``OrderAmended`` (its first output), ``AmendRejected``
+(nothing changed) or, if the order had already filled its new total,
+``OrderCancelled(AMEND_ALREADY_FILLED)``.
 
 Replay: ``apply(output)`` rebuilds the book from the engine's own outputs, so replaying
 engine.outputs gives the same ``state_hash`` as the live engine (the definition comes
@@ -42,7 +44,7 @@ from typing import Any
 import msgspec
 
 from ledger.protocol.commands import SelfTrade
-from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.events import AmendRequested, BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.market import DefinitionError, Symbol
 from ledger.protocol.outputs import BookOpened, EngineOutput
 from matching.book import FINISHED_IDS_MAX, BookError, OrderBook
@@ -140,6 +142,22 @@ class MatchingEngine:
             if seq <= self.last_input_seq:
                 self._check_input_seq(seq)
             outputs = self.book.cancel(seq, event.order_id, event.user)
+        elif type(event) is AmendRequested:
+            if event.symbol != self.symbol:
+                return []
+            seq = event.seq
+            self._check_input_seq(seq)
+            outputs = self.book.amend(
+                seq,
+                event.order_id,
+                event.user,
+                event.keep_priority,
+                event.price,
+                event.qty,
+                event.qty_before,
+                event.stp,
+                event.post_only,
+            )
         elif type(event) is SymbolListed:
             return self._listed(event)
         else:

@@ -5,8 +5,8 @@ over logs exactly as DESIGN.md draws it.
                                           ^                               |
                                           +------ engine.outputs/<symbol> +
 
-UBSCore validates each command and locks funds; only its ``OrderAccepted`` and
-``CancelRequested`` reach an engine, so an engine never sees an order whose funds are not
+UBSCore validates each command and locks funds; only its ``OrderAccepted``,
+``CancelRequested`` and ``AmendRequested`` reach an engine, so an engine never sees an order whose funds are not
 locked. The engine's outputs go back to UBSCore, which settles trades and releases what
 ended orders no longer need. Every record is written to its log before the batch call
 returns; the logs alone rebuild every state (see ``verify``).
@@ -23,7 +23,7 @@ from ledger.gctune import relaxed_gc
 from ledger.logs.base import Log, ReadBatch, scan
 from ledger.protocol.codec import EVENTS, OUTPUTS, checked_command
 from ledger.protocol.commands import Command
-from ledger.protocol.events import BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
+from ledger.protocol.events import AmendRequested, BalanceEvent, CancelRequested, OrderAccepted, SymbolListed
 from ledger.protocol.limits import READ_RECORDS_MAX
 from ledger.protocol.outputs import EngineOutput
 from ledger.rebuild import replay
@@ -71,7 +71,7 @@ class Exchange:
                 event = pending.popleft()
                 produced.append(event)
                 symbol: str
-                if isinstance(event, (OrderAccepted, CancelRequested)):
+                if isinstance(event, (OrderAccepted, CancelRequested, AmendRequested)):
                     symbol = event.symbol
                     engine = engines[symbol]
                 elif isinstance(event, SymbolListed):
@@ -144,7 +144,7 @@ def _engine_feeder(audits: dict[str, _EngineAudit]) -> Callable[[BalanceEvent], 
 
     def feed(event: BalanceEvent) -> None:
         # Exact-type tests, as in MatchingEngine.handle: most events are for no engine.
-        if type(event) is OrderAccepted or type(event) is CancelRequested:
+        if type(event) is OrderAccepted or type(event) is CancelRequested or type(event) is AmendRequested:
             audit = audits.get(event.symbol)
             if audit is not None:
                 audit.feed(event)

@@ -117,6 +117,42 @@ class CancelOrder(_Command, frozen=True):
     order_request_id: Int64 = 0
 
 
+class ReduceOrder(_Command, frozen=True):
+    """Lower an open order's total quantity to ``qty`` lots; it keeps its time priority.
+
+    ``qty`` is the order's new TOTAL (what it has filled counts towards it), below the
+    total UBSCore last accepted for it. If the engine finds the order has already filled
+    ``qty`` or more, the order ends there (``OrderCancelled`` with
+    ``AMEND_ALREADY_FILLED``). The order is named as ``CancelOrder`` names it: by
+    ``order_id``, or with ``order_id`` 0 by ``order_request_id``, its placing request.
+    """
+
+    user: Int64
+    request_id: Int64
+    order_id: Int64
+    qty: Int64
+    order_request_id: Int64 = 0
+    ts_ms: Int64 = 0
+
+
+class ReplaceOrder(_Command, frozen=True):
+    """Move an open limit order to ``price`` ticks, and to a new total of ``qty`` lots
+    unless ``qty`` is 0 (keep the total); it loses its time priority and, if the new price
+    crosses, trades first under ``stp``. A post-only order that would cross is refused by
+    the engine and stays as it was. A buy that needs more quote locked (a higher price, a
+    larger total) locks it when UBSCore accepts. The order is named as in ``ReduceOrder``.
+    """
+
+    user: Int64
+    request_id: Int64
+    order_id: Int64
+    price: Int64
+    qty: Int64 = 0
+    stp: SelfTrade = SelfTrade.CANCEL_TAKER
+    order_request_id: Int64 = 0
+    ts_ms: Int64 = 0
+
+
 class ListAsset(_Command, frozen=True):
     """Operator command: make an asset known. Recorded in the log so replay needs
     nothing but the log."""
@@ -134,5 +170,14 @@ class ListSymbol(_Command, frozen=True):
     ts_ms: Int64 = 0
 
 
-Command = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, ListAsset, ListSymbol]
-COMMAND_TYPES: tuple[type, ...] = (Deposit, Withdraw, PlaceOrder, CancelOrder, ListAsset, ListSymbol)
+Command = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, ListAsset, ListSymbol, ReduceOrder, ReplaceOrder]
+COMMAND_TYPES: tuple[type, ...] = (
+    Deposit,
+    Withdraw,
+    PlaceOrder,
+    CancelOrder,
+    ListAsset,
+    ListSymbol,
+    ReduceOrder,
+    ReplaceOrder,
+)

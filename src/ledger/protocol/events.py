@@ -26,7 +26,11 @@ from ledger.protocol.market import Asset, Symbol
 # is told by its first byte. 3: a record holding an integer beyond 64 bits is written
 # whole in the codec's wide form; cancels may name an order by its placing request
 # (CancelOrder.order_request_id, CancelRequested.order_request_id and by_request).
-SCHEMA_VERSION = 3
+# 4: amends: the commands ReduceOrder and ReplaceOrder, the events AmendRequested and
+# AmendSettled, the engine outputs OrderAmended and AmendRejected (new types, appended
+# to their unions; no field of an older type changed). Snapshots of UBSCore gain each
+# open order's total, settled fill, time in force and pending amends.
+SCHEMA_VERSION = 4
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
@@ -134,6 +138,66 @@ class CancelRequested(_Event, frozen=True):
     by_request: bool = False
 
 
+class AmendRequested(_Event, frozen=True):
+    """UBSCore accepted a ``ReduceOrder`` (``keep_priority`` true) or a ``ReplaceOrder``
+    and passes it to the engine, which decides (fills may be in flight).
+
+    ``qty`` is the order's new total and ``qty_before`` its total before this amend, as
+    UBSCore last accepted them: the engine takes ``qty_before - qty`` off what rests (it
+    adds for a larger total), and ends the order if nothing would be left. ``price`` is
+    the order's price after the amend (a reduce keeps the one it will have). ``stp``
+    applies if a replace crosses; ``post_only`` says the engine must refuse a replace
+    that would cross. ``lock_amount`` (possibly 0) of ``lock_asset`` moved from available
+    to locked for it; ``available`` and ``locked`` are that asset's balances after.
+    ``order_request_id`` and ``by_request`` are as in ``CancelRequested``; ``qty_kept``
+    says the replace left its quantity 0 (keep the total), so a retry is recognized.
+    """
+
+    seq: Int64
+    input_offset: Int64
+    user: Int64
+    request_id: Int64
+    order_id: Int64
+    symbol: str
+    side: Side
+    keep_priority: bool
+    price: Positive64
+    qty: Positive64
+    qty_before: Positive64
+    stp: SelfTrade
+    post_only: bool
+    lock_asset: str
+    lock_amount: NonNegative
+    available: NonNegative
+    locked: NonNegative
+    ts_ms: Int64 = 0
+    order_request_id: Int64 = 0
+    by_request: bool = False
+    qty_kept: bool = False
+
+
+class AmendSettled(_Event, frozen=True):
+    """The engine answered an amend and the order stays open: it applied it (``reason``
+    0; ``price``, ``qty`` and ``qty_remaining`` are the order's new state, before any
+    trade the amend makes), or refused it (``POST_ONLY_WOULD_TAKE``; the state is the
+    order's unchanged one). ``amount`` (possibly 0) of ``asset`` the order no longer needs
+    locked returned to available; ``available`` and ``locked`` are the balances after."""
+
+    seq: Int64
+    symbol: str
+    engine_seq: Int64
+    user: Int64
+    order_id: Int64
+    reason: Int64
+    price: Positive64
+    qty: Positive64
+    qty_remaining: NonNegative64
+    asset: str
+    amount: NonNegative
+    available: NonNegative
+    locked: NonNegative
+
+
 class Rejected(_Event, frozen=True):
     """A command refused, with the command itself for the audit trail.
 
@@ -229,6 +293,8 @@ BalanceEvent = Union[
     Rejected,
     TradeSettled,
     FundsUnlocked,
+    AmendRequested,
+    AmendSettled,
 ]
 BALANCE_EVENT_TYPES: tuple[type, ...] = (
     AssetListed,
@@ -240,4 +306,6 @@ BALANCE_EVENT_TYPES: tuple[type, ...] = (
     Rejected,
     TradeSettled,
     FundsUnlocked,
+    AmendRequested,
+    AmendSettled,
 )

@@ -48,6 +48,11 @@ SHARDS_MAX = 2**14
 # about 200 bytes an entry; the default covers minutes of traffic at full speed.
 REQUEST_WINDOW_DEFAULT = 100_000
 
+# Amends of one order accepted by UBSCore and not yet answered by the matching engine. Each
+# is remembered with its order until the engine answers (its state and its lock depend on
+# them), so the bound keeps one order's state small; a client needs one or two in flight.
+ORDER_AMENDS_PENDING_MAX = 8
+
 # Asset codes and symbol names are short printable identifiers.
 ASSET_CODE_CHARS_MAX = 16
 SYMBOL_NAME_CHARS_MAX = 32

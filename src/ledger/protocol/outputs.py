@@ -101,5 +101,50 @@ class OrderRejected(_Output, frozen=True):
     reason: Int64
 
 
-EngineOutput = Union[BookOpened, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
-ENGINE_OUTPUT_TYPES: tuple[type, ...] = (BookOpened, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected)
+class OrderAmended(_Output, frozen=True):
+    """The engine applied an amend (``input_seq`` is its ``AmendRequested``): the order's
+    total is now ``qty`` lots at ``price``, ``qty_remaining`` of it unfilled. With
+    ``priority_kept`` (a reduce) it keeps its place in the queue and this is all; else (a
+    replace) it is off the book, and what follows for the same input is how it goes on as
+    a GTC limit taker at ``price``: trades, then ``OrderRested`` (an order id already
+    seen), or ``OrderCancelled`` by self-trade prevention, or nothing after a trade that
+    filled it."""
+
+    seq: Int64
+    symbol: str
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
+    side: Side
+    price: Int64
+    qty: Int64
+    qty_remaining: Int64
+    priority_kept: bool
+
+
+class AmendRejected(_Output, frozen=True):
+    """The engine refused an amend and changed nothing: ``UNKNOWN_ORDER`` (the order had
+    already ended) or ``POST_ONLY_WOULD_TAKE`` (a post-only order replaced to a price that
+    would cross; it stays as it was)."""
+
+    seq: Int64
+    symbol: str
+    input_seq: Int64
+    order_id: Int64
+    user: Int64
+    reason: Int64
+
+
+EngineOutput = Union[
+    BookOpened, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected, OrderAmended, AmendRejected
+]
+ENGINE_OUTPUT_TYPES: tuple[type, ...] = (
+    BookOpened,
+    OrderRested,
+    Trade,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderAmended,
+    AmendRejected,
+)

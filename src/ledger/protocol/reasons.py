@@ -44,6 +44,10 @@ class Reason(IntEnum):
     # A record of balance.operations that is not a command of the schema (it does not
     # decode, or it is over COMMAND_BYTES_MAX): answered without quoting it.
     MALFORMED_COMMAND = 28
+    # Amends (ReduceOrder, ReplaceOrder). The engine ends an order whose new total it has
+    # already filled (OrderCancelled); UBSCore bounds the amends waiting for the engine.
+    AMEND_ALREADY_FILLED = 29
+    AMENDS_PENDING_MAX = 30
 
 
 _TEXT: dict[int, str] = {
@@ -76,6 +80,8 @@ _TEXT: dict[int, str] = {
     Reason.DUPLICATE_ORDER_ID: "the book already holds an order with this id",
     Reason.BUDGET_EXHAUSTED: "the market buy's quote budget is spent",
     Reason.MALFORMED_COMMAND: "the record is not a command of the schema",
+    Reason.AMEND_ALREADY_FILLED: "the order had already filled the amended total quantity, so it ended",
+    Reason.AMENDS_PENDING_MAX: "too many amends of this order are still waiting for the matching engine",
 }
 
 

@@ -20,6 +20,8 @@ from ledger.protocol.commands import (
     ListSymbol,
     OrderType,
     PlaceOrder,
+    ReduceOrder,
+    ReplaceOrder,
     SelfTrade,
     Side,
     TimeInForce,
@@ -30,6 +32,8 @@ from ledger.protocol.events import (
     UNLOCK_EXPIRED,
     UNLOCK_FILLED,
     UNLOCK_REJECTED,
+    AmendRequested,
+    AmendSettled,
     AssetListed,
     BalanceEvent,
     CancelRequested,
@@ -44,6 +48,7 @@ from ledger.protocol.events import (
 from ledger.protocol.limits import (
     AMOUNT_MAX,
     FEE_ACCOUNT_USER,
+    ORDER_AMENDS_PENDING_MAX,
     ORDER_ID_SHARD_SHIFT,
     ORDER_PRICE_TICKS_MAX,
     ORDER_QTY_LOTS_MAX,
@@ -51,8 +56,10 @@ from ledger.protocol.limits import (
     USER_ID_MAX,
 )
 from ledger.protocol.outputs import (
+    AmendRejected,
     BookOpened,
     EngineOutput,
+    OrderAmended,
     OrderCancelled,
     OrderExpired,
     OrderRejected,
@@ -60,11 +67,19 @@ from ledger.protocol.outputs import (
     Trade,
 )
 from ledger.protocol.reasons import Reason
+from ledger.ubscore.amend import latest_state, lock_needed, order_lock_needed
 from ledger.ubscore.state import (
     O_CANCELLING,
+    O_FILLED,
     O_LOCK,
     O_LOCK_INDEX,
+    O_PENDING,
+    O_PRICE,
+    O_QTY,
+    O_SIDE,
     O_SYMBOL,
+    O_TIF,
+    O_TYPE,
     O_USER,
     InvariantError,
     State,
@@ -217,30 +232,121 @@ def _decide_place(state: State, c: PlaceOrder, offset: int) -> list[BalanceEvent
     ]
 
 
-def _decide_cancel(state: State, c: CancelOrder, offset: int) -> list[BalanceEvent]:
-    order_id, order_request_id = c.order_id, c.order_request_id
-    by_request = order_id == 0
-    if by_request:
+def _named_order(state: State, user: int, order_id: int, order_request_id: int) -> tuple[int, list[Any]] | Reason:
+    """The open order a cancel or an amend names (by id, or with id 0 by its placing
+    request), with its id; or why it names none."""
+    if order_id == 0:
         # Named by the placing request: only the user's own requests are keys, so
         # another user's request id is unknown here, never someone else's order.
         if type(order_request_id) is not int or not 0 <= order_request_id <= REQUEST_ID_MAX:
-            return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
-        order_id = state.order_ids_by_request.get((c.user << 64) | order_request_id)  # request_key
-        if order_id is None:
-            return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
+            return Reason.UNKNOWN_ORDER
+        found = state.order_ids_by_request.get((user << 64) | order_request_id)  # request_key
+        if found is None:
+            return Reason.UNKNOWN_ORDER
+        order_id = found
     elif order_request_id != 0:
-        return _reject(state, offset, Reason.UNKNOWN_ORDER, c)  # named two ways: no one order
+        return Reason.UNKNOWN_ORDER  # named two ways: no one order
     order = state.orders.get(order_id) if type(order_id) is int else None
     if order is None:
-        return _reject(state, offset, Reason.UNKNOWN_ORDER, c)
-    if order[O_USER] != c.user:
-        return _reject(state, offset, Reason.NOT_ORDER_OWNER, c)
+        return Reason.UNKNOWN_ORDER
+    if order[O_USER] != user:
+        return Reason.NOT_ORDER_OWNER
+    return order_id, order
+
+
+def _decide_cancel(state: State, c: CancelOrder, offset: int) -> list[BalanceEvent]:
+    named = _named_order(state, c.user, c.order_id, c.order_request_id)
+    if isinstance(named, Reason):
+        return _reject(state, offset, named, c)
+    order_id, order = named
     if order[O_CANCELLING]:
         return _reject(state, offset, Reason.CANCEL_PENDING, c)
     symbol = order[O_SYMBOL]
     return [
         CancelRequested(
-            state.seq + 1, offset, c.user, c.request_id, order_id, symbol, c.ts_ms, order_request_id, by_request
+            state.seq + 1, offset, c.user, c.request_id, order_id, symbol, c.ts_ms, c.order_request_id, c.order_id == 0
+        )
+    ]
+
+
+def _amend_problem(order: list[Any]) -> Reason | None:
+    """Why ``order`` cannot be amended now, whatever the amend says."""
+    if order[O_CANCELLING]:
+        return Reason.CANCEL_PENDING
+    if order[O_TYPE] != _LIMIT or order[O_TIF] == TimeInForce.IOC or order[O_TIF] == TimeInForce.FOK:
+        return Reason.INVALID_ORDER_TYPE  # it never rests: there is nothing to amend
+    if len(order[O_PENDING]) >= ORDER_AMENDS_PENDING_MAX:
+        return Reason.AMENDS_PENDING_MAX
+    return None
+
+
+def _amend_target(c: ReduceOrder | ReplaceOrder, price_now: int, qty_now: int) -> tuple[int, int] | Reason:
+    """The (price, total quantity) an amend asks for, or what is wrong with it."""
+    if isinstance(c, ReduceOrder):
+        if type(c.qty) is not int or not 0 < c.qty < qty_now:
+            return Reason.INVALID_QUANTITY  # a reduce lowers the total; to remove an order, cancel
+        return price_now, c.qty
+    if type(c.price) is not int or not 0 < c.price <= ORDER_PRICE_TICKS_MAX:
+        return Reason.INVALID_PRICE
+    if c.stp not in (0, 1, 2):
+        return Reason.INVALID_ORDER_TYPE
+    qty = c.qty if c.qty != 0 else qty_now
+    if type(qty) is not int or not 0 < qty <= ORDER_QTY_LOTS_MAX:
+        return Reason.INVALID_QUANTITY
+    return c.price, qty
+
+
+def _decide_amend(state: State, c: ReduceOrder | ReplaceOrder, offset: int) -> list[BalanceEvent]:
+    named = _named_order(state, c.user, c.order_id, c.order_request_id)
+    if isinstance(named, Reason):
+        return _reject(state, offset, named, c)
+    order_id, order = named
+    problem = _amend_problem(order)
+    if problem is not None:
+        return _reject(state, offset, problem, c)
+    price_now, qty_now = latest_state(order)
+    target = _amend_target(c, price_now, qty_now)
+    if isinstance(target, Reason):
+        return _reject(state, offset, target, c)
+    price, qty = target
+    info = state.symbols[order[O_SYMBOL]]
+    symbol = info.symbol
+    buy = order[O_SIDE] == _BUY
+    if qty * symbol.lot > AMOUNT_MAX or (buy and qty * price * symbol.tick > AMOUNT_MAX):
+        return _reject(state, offset, Reason.INVALID_QUANTITY, c)
+    pending = (*order[O_PENDING], target)
+    extra = max(0, order_lock_needed(symbol, order, pending) - order[O_LOCK])
+    index = order[O_LOCK_INDEX]
+    available, locked = state.balance_at(c.user, index)
+    if available < extra:
+        return _reject(state, offset, Reason.INSUFFICIENT_FUNDS, c)
+    if locked + extra > AMOUNT_MAX:
+        return _reject(state, offset, Reason.BALANCE_OVERFLOW, c)
+    reduce = isinstance(c, ReduceOrder)
+    stp = SelfTrade.CANCEL_TAKER if reduce else _STP_OF[c.stp]
+    return [
+        AmendRequested(
+            state.seq + 1,
+            offset,
+            c.user,
+            c.request_id,
+            order_id,
+            order[O_SYMBOL],
+            _SIDE_OF[order[O_SIDE]],
+            reduce,
+            price,
+            qty,
+            qty_now,
+            stp,
+            order[O_TIF] == TimeInForce.POST_ONLY,
+            state.assets[index].code,
+            extra,
+            available - extra,
+            locked + extra,
+            c.ts_ms,
+            c.order_request_id,
+            c.order_id == 0,
+            not reduce and c.qty == 0,
         )
     ]
 
@@ -267,6 +373,8 @@ def _decide_list_symbol(state: State, c: ListSymbol, offset: int) -> list[Balanc
 _DECIDE_COMMAND: dict[type, Callable[[State, Any, int], list[BalanceEvent]]] = {
     PlaceOrder: _decide_place,
     CancelOrder: _decide_cancel,
+    ReduceOrder: _decide_amend,
+    ReplaceOrder: _decide_amend,
     Deposit: _decide_funds,
     Withdraw: _decide_funds,
     ListAsset: _decide_list_asset,
@@ -420,6 +528,64 @@ def _decide_order_end(
     ]
 
 
+def _amend_settled(
+    state: State, out: OrderAmended | AmendRejected, order: list[Any], confirmed: tuple[int, int], reason: int
+) -> list[BalanceEvent]:
+    """The release once the engine answered the order's oldest pending amend and the
+    order is ``confirmed`` (its new state, or its old one if the amend was refused)."""
+    symbol = state.symbols[out.symbol].symbol
+    rest = order[O_PENDING][1:]
+    release = order[O_LOCK] - lock_needed(symbol, order[O_SIDE], order[O_FILLED], (confirmed, *rest))
+    if release < 0:
+        raise InvariantError(f"engine output {out.symbol}#{out.seq}: order {out.order_id} would need more locked")
+    index = order[O_LOCK_INDEX]
+    available, locked = state.balance_at(order[O_USER], index)
+    price, qty = confirmed
+    return [
+        AmendSettled(
+            state.seq + 1,
+            out.symbol,
+            out.seq,
+            order[O_USER],
+            out.order_id,
+            reason,
+            price,
+            qty,
+            qty - order[O_FILLED],
+            state.assets[index].code,
+            release,
+            available + release,
+            locked - release,
+        )
+    ]
+
+
+def _pending_order(state: State, out: OrderAmended | AmendRejected) -> list[Any]:
+    order = state.orders.get(out.order_id)
+    if order is None or order[O_USER] != out.user or not order[O_PENDING]:
+        raise InvariantError(f"engine output {out.symbol}#{out.seq}: order {out.order_id} has no amend pending")
+    return order
+
+
+def _decide_amended(state: State, out: OrderAmended) -> list[BalanceEvent]:
+    order = _pending_order(state, out)
+    if order[O_PENDING][0] != (out.price, out.qty) or out.qty_remaining != out.qty - order[O_FILLED]:
+        raise InvariantError(
+            f"engine output {out.symbol}#{out.seq}: order {out.order_id} amended to {out.qty_remaining} of "
+            f"{out.qty} at {out.price}, not the amend pending with {order[O_FILLED]} filled"
+        )
+    return _amend_settled(state, out, order, (out.price, out.qty), 0)
+
+
+def _decide_amend_rejected(state: State, out: AmendRejected) -> list[BalanceEvent]:
+    if out.reason == Reason.UNKNOWN_ORDER and out.order_id not in state.orders:
+        return []  # the order ended before the amend reached the engine; its end released all
+    if out.reason != Reason.POST_ONLY_WOULD_TAKE:
+        raise InvariantError(f"engine output {out.symbol}#{out.seq}: amend refusal {out.reason} of an open order")
+    order = _pending_order(state, out)
+    return _amend_settled(state, out, order, (order[O_PRICE], order[O_QTY]), out.reason)
+
+
 def _decide_opened(state: State, output: BookOpened) -> list[BalanceEvent]:
     return []  # the engine took in a listing UBSCore made: nothing to settle
 
@@ -448,6 +614,8 @@ _DECIDE_OUTPUT: dict[type, Callable[[State, Any], list[BalanceEvent]]] = {
     OrderCancelled: _decide_cancelled,
     OrderExpired: _decide_expired,
     OrderRejected: _decide_rejected,
+    OrderAmended: _decide_amended,
+    AmendRejected: _decide_amend_rejected,
 }
 
 

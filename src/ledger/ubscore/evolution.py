@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ledger.protocol.commands import Side
+from ledger.protocol.commands import Side, TimeInForce
 from ledger.protocol.events import (
+    AmendRequested,
+    AmendSettled,
     AssetListed,
     BalanceEvent,
     CancelRequested,
@@ -23,13 +25,21 @@ from ledger.protocol.events import (
     TradeSettled,
     Withdrawn,
 )
-from ledger.protocol.limits import FEE_ACCOUNT_USER
+from ledger.protocol.limits import FEE_ACCOUNT_USER, ORDER_AMENDS_PENDING_MAX
+from ledger.ubscore.amend import latest_state, lock_needed, order_lock_needed
 from ledger.ubscore.state import (
     NOT_REMEMBERED,
     O_CANCELLING,
+    O_FILLED,
     O_LOCK,
     O_LOCK_INDEX,
+    O_PENDING,
+    O_PRICE,
+    O_QTY,
     O_REQUEST_KEY,
+    O_SIDE,
+    O_SYMBOL,
+    O_TIF,
     O_USER,
     InvariantError,
     SequenceError,
@@ -88,7 +98,9 @@ def _evolve_accepted(state: State, e: OrderAccepted) -> None:
     account[i] = e.available
     account[i + 1] = e.locked
     state.accounts[user] = account
-    state.orders[order_id] = [user, e.symbol, e.side, e.order_type, e.price, index, amount, False, key]
+    state.orders[order_id] = [
+        user, e.symbol, e.side, e.order_type, e.price, index, amount, False, key, e.qty, 0, e.tif, ()
+    ]
     state.order_ids_by_request[key] = order_id
     state.last_input_offset = e.input_offset
     remember(state, user, e.request_id, e)
@@ -106,6 +118,71 @@ def _evolve_cancel_requested(state: State, e: CancelRequested) -> None:
     order[O_CANCELLING] = True
     state.last_input_offset = e.input_offset
     remember(state, e.user, e.request_id, e)
+
+
+def _evolve_amend_requested(state: State, e: AmendRequested) -> None:
+    order = state.orders.get(e.order_id)
+    if order is None or order[O_USER] != e.user or order[O_SYMBOL] != e.symbol or order[O_SIDE] != e.side:
+        raise _mismatch(e, f"order {e.order_id} not open for user {e.user} on {e.symbol}")
+    if e.by_request:
+        if order[O_REQUEST_KEY] != (e.user << 64) | e.order_request_id:  # request_key
+            raise _mismatch(e, f"order {e.order_id} was not placed by request {e.order_request_id}")
+    elif e.order_request_id != 0:
+        raise _mismatch(e, "an amend by order id names a request too")
+    if order[O_CANCELLING] or len(order[O_PENDING]) >= ORDER_AMENDS_PENDING_MAX:
+        raise _mismatch(e, f"order {e.order_id} is being cancelled or has too many amends pending")
+    if order[O_TIF] in (TimeInForce.IOC, TimeInForce.FOK) or e.post_only != (order[O_TIF] == TimeInForce.POST_ONLY):
+        raise _mismatch(e, f"order {e.order_id}: its time in force does not allow this amend")
+    price_now, qty_now = latest_state(order)
+    if e.qty_before != qty_now or (e.keep_priority and (e.price != price_now or e.qty >= qty_now)):
+        raise _mismatch(e, f"order {e.order_id} has total {qty_now} at {price_now}")
+    index = order[O_LOCK_INDEX]
+    if state.assets[index].code != e.lock_asset:
+        raise _mismatch(e, f"order {e.order_id} locks another asset than {e.lock_asset}")
+    pending = (*order[O_PENDING], (e.price, e.qty))
+    extra = max(0, order_lock_needed(state.symbols[e.symbol].symbol, order, pending) - order[O_LOCK])
+    if extra != e.lock_amount:
+        raise _mismatch(e, f"locks {e.lock_amount} more, the amend needs {extra}")
+    account = state.accounts[e.user]  # it holds the order's lock
+    i = 2 * index
+    if account[i] - extra != e.available or account[i + 1] + extra != e.locked:
+        raise _mismatch(e, "balances after the lock do not add up")
+    account[i] = e.available
+    account[i + 1] = e.locked
+    order[O_LOCK] += extra
+    order[O_PENDING] = pending
+    state.last_input_offset = e.input_offset
+    remember(state, e.user, e.request_id, e)
+
+
+def _evolve_amend_settled(state: State, e: AmendSettled) -> None:
+    order = state.orders.get(e.order_id)
+    if order is None or order[O_USER] != e.user or order[O_SYMBOL] != e.symbol or not order[O_PENDING]:
+        raise _mismatch(e, f"order {e.order_id} of user {e.user} has no amend pending on {e.symbol}")
+    head, rest = order[O_PENDING][0], order[O_PENDING][1:]
+    if e.reason == 0:
+        if (e.price, e.qty) != head or e.qty_remaining != e.qty - order[O_FILLED]:
+            raise _mismatch(e, f"order {e.order_id} was to become {head[1]} at {head[0]}, {order[O_FILLED]} filled")
+        confirmed = (e.price, e.qty)
+    elif (e.price, e.qty) != (order[O_PRICE], order[O_QTY]) or e.qty_remaining != e.qty - order[O_FILLED]:
+        raise _mismatch(e, f"a refused amend leaves order {e.order_id} as it was")
+    else:
+        confirmed = (order[O_PRICE], order[O_QTY])
+    symbol = state.symbols[e.symbol].symbol
+    release = order[O_LOCK] - lock_needed(symbol, order[O_SIDE], order[O_FILLED], (confirmed, *rest))
+    index = order[O_LOCK_INDEX]
+    if release < 0 or release != e.amount or state.assets[index].code != e.asset:
+        raise _mismatch(e, f"releases {e.amount} {e.asset}; the order's new state frees {release}")
+    account = state.accounts[e.user]
+    i = 2 * index
+    if account[i] + release != e.available or account[i + 1] - release != e.locked:
+        raise _mismatch(e, "balances after the release do not add up")
+    account[i] = e.available
+    account[i + 1] = e.locked
+    order[O_LOCK] -= release
+    order[O_PRICE], order[O_QTY] = confirmed
+    order[O_PENDING] = rest
+    state.last_engine_seq[e.symbol] = e.engine_seq
 
 
 def _evolve_rejected(state: State, e: Rejected) -> None:
@@ -188,6 +265,8 @@ def _evolve_trade(state: State, e: TradeSettled) -> None:
     accounts[FEE_ACCOUNT_USER] = fee
     maker[O_LOCK] = maker_lock
     taker[O_LOCK] = taker_lock
+    maker[O_FILLED] += e.qty
+    taker[O_FILLED] += e.qty
     if e.maker_done and maker_lock == 0:
         del state.orders[e.maker_order_id]
         del state.order_ids_by_request[maker[O_REQUEST_KEY]]
@@ -221,6 +300,8 @@ _EVOLVE: dict[type, Callable[[State, Any], None]] = {
     TradeSettled: _evolve_trade,
     FundsUnlocked: _evolve_unlocked,
     CancelRequested: _evolve_cancel_requested,
+    AmendRequested: _evolve_amend_requested,
+    AmendSettled: _evolve_amend_settled,
     Rejected: _evolve_rejected,
     Deposited: _evolve_deposited,
     Withdrawn: _evolve_withdrawn,

@@ -14,13 +14,24 @@ import msgspec
 from ledger.protocol.commands import OrderType, Side
 from ledger.protocol.events import SCHEMA_VERSION
 from ledger.protocol.market import Asset, Symbol
-from ledger.ubscore.state import O_REQUEST_KEY, O_USER, SnapshotError, State, SymbolInfo, outcome
+from ledger.ubscore.state import (
+    O_PENDING,
+    O_REQUEST_KEY,
+    O_SLOTS,
+    O_USER,
+    SnapshotError,
+    State,
+    SymbolInfo,
+    outcome,
+)
 
 SNAPSHOT_FORMAT = "ubscore-snapshot"
 # The oldest snapshot schema restore reads. Snapshots before 3 hold no placing request
 # per open order, so the orders' client ids (order_ids_by_request) cannot be rebuilt
-# from them; such a snapshot is refused, and the state rebuilt from the log instead.
-SNAPSHOT_SCHEMA_MIN = 3
+# from them; before 4 no total, settled fill, time in force or pending amends per open
+# order, which amends need (an order's total cannot be rebuilt from its lock). Such a
+# snapshot is refused, and the state rebuilt from the log instead.
+SNAPSHOT_SCHEMA_MIN = 4
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -81,8 +92,8 @@ def restore(data: bytes) -> State:
         raise SnapshotError(f"snapshot schema {snap.schema} is newer than this library's {SCHEMA_VERSION}")
     if snap.schema < SNAPSHOT_SCHEMA_MIN:
         raise SnapshotError(
-            f"snapshot schema {snap.schema} is older than {SNAPSHOT_SCHEMA_MIN} (it does not name open orders by "
-            "their placing request); rebuild the state from the log instead"
+            f"snapshot schema {snap.schema} is older than {SNAPSHOT_SCHEMA_MIN} (its open orders lack their placing "
+            "request, total or pending amends); rebuild the state from the log instead"
         )
     body = snap.state
     try:
@@ -99,6 +110,9 @@ def restore(data: bytes) -> State:
         if any(len(account) != state.width for account in state.accounts.values()):
             raise ValueError(f"an account is not {state.width} balances wide")
         state.orders = {row[0]: [row[1], row[2], Side(row[3]), OrderType(row[4]), *row[5:]] for row in body["orders"]}
+        for order in state.orders.values():
+            if len(order) == O_SLOTS:
+                order[O_PENDING] = tuple((price, qty) for price, qty in order[O_PENDING])
         state.order_ids_by_request = {key: order_id for key, order_id in body["order_ids_by_request"]}
         _check_order_ids_by_request(state)
         for key, fingerprint, seq, reason in body["requests"]:
@@ -117,8 +131,8 @@ def restore(data: bytes) -> State:
 
 def _check_order_ids_by_request(state: State) -> None:
     """Every open order is named by its placing request, and nothing else is named."""
-    if any(len(order) != O_REQUEST_KEY + 1 for order in state.orders.values()):
-        raise ValueError(f"an order is not {O_REQUEST_KEY + 1} slots long")
+    if any(len(order) != O_SLOTS for order in state.orders.values()):
+        raise ValueError(f"an order is not {O_SLOTS} slots long")
     if any(order[O_REQUEST_KEY] >> 64 != order[O_USER] for order in state.orders.values()):
         raise ValueError("an order's placing request is another user's")
     named = {order[O_REQUEST_KEY]: order_id for order_id, order in state.orders.items()}

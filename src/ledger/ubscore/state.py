@@ -21,9 +21,12 @@ from ledger.protocol.commands import (
     ListAsset,
     ListSymbol,
     PlaceOrder,
+    ReduceOrder,
+    ReplaceOrder,
     Withdraw,
 )
 from ledger.protocol.events import (
+    AmendRequested,
     AssetListed,
     CancelRequested,
     Deposited,
@@ -60,12 +63,31 @@ class SnapshotError(LedgerError):
 # for the state's most numerous object. O_REQUEST_KEY is request_key(user, request_id)
 # of the placing request: the order's key in order_ids_by_request, kept made so that
 # the end of an order removes it without building the (beyond 64 bits) int again.
-O_USER, O_SYMBOL, O_SIDE, O_TYPE, O_PRICE, O_LOCK_INDEX, O_LOCK, O_CANCELLING, O_REQUEST_KEY = range(9)
+# Amends: O_PRICE and O_QTY are the price and total quantity the engine last confirmed
+# (trades are checked against them), O_FILLED what the settled trades filled, O_TIF the
+# time in force, and O_PENDING the amends accepted and not yet answered by the engine,
+# oldest first, each a (price, total quantity) pair: the states the order may still take.
+(
+    O_USER,
+    O_SYMBOL,
+    O_SIDE,
+    O_TYPE,
+    O_PRICE,
+    O_LOCK_INDEX,
+    O_LOCK,
+    O_CANCELLING,
+    O_REQUEST_KEY,
+    O_QTY,
+    O_FILLED,
+    O_TIF,
+    O_PENDING,
+) = range(13)
+O_SLOTS = 13
 
 # The event that answered a request: its outcome and fingerprint are derived from it
 # when a retry arrives or the state is hashed, so remembering a request allocates
 # nothing. A state restored from a snapshot holds the derived triple instead.
-Acceptance = Union[Deposited, Withdrawn, OrderAccepted, CancelRequested, AssetListed, SymbolListed]
+Acceptance = Union[Deposited, Withdrawn, OrderAccepted, CancelRequested, AmendRequested, AssetListed, SymbolListed]
 Outcome = tuple[tuple[Any, ...], int, int]
 WindowEntry = Union[Acceptance, Rejected, Outcome]
 
@@ -211,6 +233,18 @@ def fingerprint(request: Command | Acceptance) -> tuple[Any, ...]:
         case CancelRequested():
             # The order as the command named it: by request (order id 0) or by id.
             return (3, 0 if request.by_request else request.order_id, request.order_request_id)
+        case ReduceOrder():
+            return (6, request.order_id, request.order_request_id, request.qty)
+        case ReplaceOrder():
+            return (7, request.order_id, request.order_request_id, request.price, request.qty, request.stp)
+        case AmendRequested():
+            # The amend as the command had it: the order as it named it, and a replace's
+            # quantity 0 when it kept the total.
+            named = 0 if request.by_request else request.order_id
+            if request.keep_priority:
+                return (6, named, request.order_request_id, request.qty)
+            qty = 0 if request.qty_kept else request.qty
+            return (7, named, request.order_request_id, request.price, qty, request.stp)
         case Deposit() | Deposited():
             return (0, request.asset, request.amount)
         case Withdraw() | Withdrawn():
